@@ -1,0 +1,154 @@
+"""Consumers of the fit loop's metric dicts: console progress, checkpoints, MLflow, Optuna pruning."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class Callback:
+    """Every hook is optional; ``state`` is :class:`mxlab.train.FitState`."""
+
+    def on_fit_begin(self, state) -> None: ...
+
+    def on_batch_end(self, state, batch: int, num_batches: int) -> None: ...
+
+    def on_epoch_end(self, state, metrics: dict) -> None: ...
+
+    def on_fit_end(self, state) -> None: ...
+
+
+def format_metrics(metrics: dict) -> str:
+    shown = []
+    for key, value in metrics.items():
+        if key == "perf/samples_per_second":
+            shown.append(f"{value:,.0f} ex/s")
+        elif key == "perf/epoch_seconds":
+            shown.append(f"{value:.1f}s")
+        elif key != "epoch":
+            shown.append(f"{key} {value:.4g}")
+    return "  ".join(shown)
+
+
+class ConsoleProgress(Callback):
+    """A progress bar on a terminal; otherwise (CI, pipes, files) one plain line per epoch. Writes to stderr."""
+
+    def __init__(self, stream=None, bar: bool | None = None):
+        self.stream = stream or sys.stderr
+        self.bar = self.stream.isatty() if bar is None else bar
+        self._last_draw = 0.0
+
+    def on_batch_end(self, state, batch, num_batches):
+        now = time.monotonic()
+        if not self.bar or (now - self._last_draw < 0.1 and batch != num_batches):
+            return
+        self._last_draw = now
+        width = 30
+        filled = int(width * batch / max(num_batches, 1))
+        self.stream.write(f"\repoch {state.epoch}/{state.spec.train.epochs} [{'#' * filled}{'.' * (width - filled)}] "
+                          f"{batch}/{num_batches}")
+        self.stream.flush()
+
+    def on_epoch_end(self, state, metrics):
+        prefix = "\r\033[K" if self.bar else ""
+        self.stream.write(f"{prefix}epoch {state.epoch}/{state.spec.train.epochs}  {format_metrics(metrics)}\n")
+        self.stream.flush()
+
+
+class Checkpoint(Callback):
+    """After every epoch: ``last.params``, ``last.states`` (optimizer) and ``last.json`` (epoch, history, RNG).
+
+    Together they resume a run at the next epoch. ``best.params`` follows the ``monitor`` metric when the run
+    produces it; ``final.params`` is written at the end. Files are replaced atomically, so a crash mid-write
+    leaves the previous epoch intact.
+    """
+
+    def __init__(self, folder: Path, monitor: str | None = None, mode: str = "maximize"):
+        self.folder = Path(folder)
+        self.monitor, self.mode = monitor, mode
+        self.best = None
+
+    def _atomic(self, name: str, write) -> None:
+        tmp = self.folder / f".{name}.tmp"
+        write(str(tmp))
+        os.replace(tmp, self.folder / name)
+
+    def on_fit_begin(self, state):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for past in state.history:  # a resumed run keeps its best so far
+            self._consider(past)
+
+    def _consider(self, metrics) -> bool:
+        value = metrics.get(self.monitor) if self.monitor else None
+        if value is None or not math.isfinite(value):
+            return False
+        better = self.best is None or (value > self.best if self.mode == "maximize" else value < self.best)
+        if better:
+            self.best = value
+        return better
+
+    def on_epoch_end(self, state, metrics):
+        self._atomic("last.params", state.net.save_parameters)
+        self._atomic("last.states", state.updater.save_states)
+        record = {
+            "epoch": state.epoch,
+            "history": state.history,
+            "numpy_rng": _jsonable(np.random.get_state()),
+            "python_rng": _jsonable(random.getstate()),
+        }
+        self._atomic("last.json", lambda p: Path(p).write_text(json.dumps(record)))
+        if self._consider(metrics):
+            self._atomic("best.params", state.net.save_parameters)
+
+    def on_fit_end(self, state):
+        self._atomic("final.params", state.net.save_parameters)
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class MLflowLogger(Callback):
+    """Logs each epoch's metrics (``step`` = epoch) and the checkpoint files to an MLflow run as they happen."""
+
+    def __init__(self, client, run_id: str, checkpoint_dir: Path | None = None):
+        self.client, self.run_id, self.checkpoint_dir = client, run_id, checkpoint_dir
+
+    def on_epoch_end(self, state, metrics):
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(key, float(value), now, state.epoch) for key, value in metrics.items()])
+        if self.checkpoint_dir is not None:
+            for name in ("last.params", "last.states", "last.json"):
+                self.client.log_artifact(self.run_id, str(self.checkpoint_dir / name), "checkpoint")
+
+
+class OptunaPruner(Callback):
+    """Reports the study's metric each epoch and stops a trial the pruner gives up on."""
+
+    def __init__(self, trial, metric: str):
+        self.trial, self.metric = trial, metric
+
+    def on_epoch_end(self, state, metrics):
+        import optuna
+
+        if self.metric not in metrics:
+            raise KeyError(f"search.metric {self.metric!r} is not among this run's metrics: "
+                           f"{', '.join(sorted(metrics))}")
+        self.trial.report(metrics[self.metric], state.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {state.epoch} with {self.metric}={metrics[self.metric]:.4g}")

@@ -1,0 +1,196 @@
+"""Fashion-MNIST from its four IDX files, verified by the SHA-256 of their decompressed content.
+
+Sources, in order: ``MXLAB_DATA_DIR``, MXNet's cache ``~/.mxnet/datasets/fashion-mnist``, the Debian package
+``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), else a download from MXNet's mirror into
+the cache. Debian recompresses the archives, so the archives differ between sources; their content does not,
+which is why the decompressed bytes are hashed. A verified archive's size and modification time are recorded,
+so later runs skip the 50 MB hash.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from mxlab.data.core import ArrayLoader, DataBundle, DataError, hold_out
+from mxlab.devices import import_mxnet
+from mxlab.registry import datasets
+
+# SHA-256 of the decompressed IDX files (../shared/REFERENCE.md, "Data sources").
+FILES = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+MIRROR = "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/gluon/"
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def mxnet_cache_dir() -> Path:
+    return Path.home() / ".mxnet" / "datasets" / "fashion-mnist"
+
+
+def search_dirs() -> list[Path]:
+    dirs = [mxnet_cache_dir(), DEBIAN_DIR]
+    if os.environ.get("MXLAB_DATA_DIR"):
+        dirs.insert(0, Path(os.environ["MXLAB_DATA_DIR"]))
+    return dirs
+
+
+def _record_path() -> Path:
+    base = Path(os.environ.get("MXLAB_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mxlab")
+    return base / "verified.json"
+
+
+def _read_records() -> dict:
+    try:
+        return json.loads(_record_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_record(path: Path, sha256: str) -> None:
+    records = _read_records()
+    stat = path.stat()
+    records[str(path.resolve())] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+    target = _record_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as tmp:
+        json.dump(records, tmp, indent=1)
+    os.replace(tmp.name, target)
+
+
+def _already_verified(path: Path, sha256: str) -> bool:
+    record = _read_records().get(str(path.resolve()))
+    if not record:
+        return False
+    stat = path.stat()
+    return record == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+
+
+def how_to_provide(name: str) -> str:
+    return (f"{name}.gz is needed (decompressed SHA-256 {FILES[name]}). Provide it one of three ways: "
+            f"put the four files in $MXLAB_DATA_DIR; install the Debian package `dataset-fashion-mnist` "
+            f"(files in {DEBIAN_DIR}); or let mxlab download them from {_base_url()} into {mxnet_cache_dir()}")
+
+
+def _base_url() -> str:
+    base = os.environ.get("MXNET_GLUON_REPO", MIRROR)
+    return (base if base.endswith("/") else base + "/") + "dataset/fashion-mnist/"
+
+
+def read_verified(name: str, path: Path) -> bytes:
+    """The decompressed content of ``path``, checked against the SHA-256 of ``name`` (or a record of that)."""
+    expected = FILES[name]
+    try:
+        content = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot be decompressed ({exc}). {how_to_provide(name)}") from None
+    if not _already_verified(path, expected):
+        got = hashlib.sha256(content).hexdigest()
+        if got != expected:
+            raise DataError(f"{path}: decompressed content has SHA-256 {got}, expected {expected}. "
+                            f"{how_to_provide(name)}")
+        _write_record(path, expected)
+    return content
+
+
+def _download(name: str, target_dir: Path) -> Path:
+    url = _base_url() + name + ".gz"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / f"{name}.gz"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            payload = response.read()
+    except OSError as exc:
+        raise DataError(f"{name}.gz was not found in {', '.join(map(str, search_dirs()))} and the download "
+                        f"from {url} failed ({exc}). {how_to_provide(name)}") from None
+    with tempfile.NamedTemporaryFile(dir=target_dir, delete=False, suffix=".part") as tmp:
+        tmp.write(payload)
+    os.replace(tmp.name, target)
+    return target
+
+
+def locate(name: str, download: bool = True) -> Path:
+    """The first ``<name>.gz`` in :func:`search_dirs`, else a fresh download into MXNet's cache."""
+    for folder in search_dirs():
+        candidate = folder / f"{name}.gz"
+        if candidate.is_file():
+            return candidate
+    if not download:
+        raise DataError(f"{name}.gz was not found in {', '.join(map(str, search_dirs()))}. {how_to_provide(name)}")
+    return _download(name, mxnet_cache_dir())
+
+
+def parse_idx(content: bytes) -> np.ndarray:
+    """An IDX file (unsigned bytes) as an array of the shape its header gives."""
+    if len(content) < 4 or content[:2] != b"\x00\x00" or content[2] != 0x08:
+        raise DataError("not an IDX file of unsigned bytes (magic 0x0000 08 nn)")
+    ndim = content[3]
+    shape = struct.unpack(f">{ndim}I", content[4:4 + 4 * ndim])
+    data = np.frombuffer(content, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"IDX header says shape {shape} but the file holds {data.size} values")
+    return data.reshape(shape)
+
+
+def load_arrays(download: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The four verified arrays by file name, and their checksums."""
+    arrays = {name: parse_idx(read_verified(name, locate(name, download))) for name in FILES}
+    return arrays, dict(FILES)
+
+
+def image_transform(resize: int | None, mean: float | None, std: float | None):
+    """uint8 (N, 1, 28, 28) on the device -> float32 in [0, 1], resized and normalised, a batch at a time."""
+    mx = import_mxnet()
+
+    def transform(X):
+        X = X.astype("float32") / 255
+        if resize:
+            X = mx.nd.contrib.BilinearResize2D(X, height=resize, width=resize)
+        if mean is not None:
+            X = (X - mean) / std
+        return X
+
+    return transform
+
+
+@datasets.register()
+def fashion_mnist(data, ctx, seed: int, *, resize: int | None = None, normalize: bool = False) -> DataBundle:
+    """Fashion-MNIST (60,000 train / 10,000 test, 1x28x28, 10 classes); ``resize`` to a square side on the device.
+
+    ``normalize`` standardises by the training split's mean and standard deviation (the book does not).
+    """
+    if resize is not None and not 8 <= resize <= 512:
+        raise ValueError(f"data.resize: got {resize}; allowed: null or an integer in [8, 512]")
+    arrays, checksums = load_arrays()
+    X_train = arrays["train-images-idx3-ubyte"][:, None]
+    y_train = arrays["train-labels-idx1-ubyte"]
+    X_test, y_test = arrays["t10k-images-idx3-ubyte"][:, None], arrays["t10k-labels-idx1-ubyte"]
+    X_train, y_train, X_val, y_val = hold_out(X_train, y_train, data.val_fraction, seed)
+    if data.limit:
+        X_train, y_train, X_test, y_test = (a[:data.limit] for a in (X_train, y_train, X_test, y_test))
+        if X_val is not None:
+            X_val, y_val = X_val[:data.limit], y_val[:data.limit]
+    mean = std = None
+    if normalize:
+        scaled = X_train.astype(np.float32) / 255
+        mean, std = float(scaled.mean()), float(scaled.std())
+    transform = image_transform(resize, mean, std)
+    bs = data.batch_size
+    side = resize or 28
+    return DataBundle(
+        train=ArrayLoader(X_train, y_train, bs, ctx, shuffle=True, transform=transform),
+        val=ArrayLoader(X_val, y_val, bs, ctx, shuffle=False, transform=transform) if X_val is not None else None,
+        test=ArrayLoader(X_test, y_test, bs, ctx, shuffle=False, transform=transform),
+        input_shape=(1, side, side),
+        checksums={f"data.sha256.{name}": digest for name, digest in checksums.items()},
+    )

@@ -1,0 +1,38 @@
+"""The MLflow pyfunc model of a trained network, logged as code (``python_model=<this file>``).
+
+MLflow pickles a ``PythonModel`` object unless it is given as code, and nothing holding mxnet's ctypes
+handles pickles; so this file is copied into the model and defines the model when MLflow loads it.
+A hybridizable network is exported as ``symbol.json`` + ``net.params`` and reloaded as a ``SymbolBlock``,
+with no mxlab needed; a from-scratch network is rebuilt from ``spec.yaml`` by mxlab's registry.
+"""
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+
+class GluonNetModel(PythonModel):
+    def load_context(self, context):
+        import mxnet as mx
+
+        artifacts = context.artifacts
+        if "symbol" in artifacts:
+            self.net = mx.gluon.SymbolBlock.imports(artifacts["symbol"], ["data"], artifacts["params"])
+        else:
+            import yaml
+
+            from mxlab.spec import from_dict
+            from mxlab.train import build_net
+
+            with open(artifacts["spec"], encoding="utf-8") as f:
+                spec = from_dict("model", yaml.safe_load(f))
+            self.net = build_net(spec)
+            self.net.load_parameters(artifacts["params"], ctx=mx.cpu())
+
+    def predict(self, context, model_input, params=None):
+        import mxnet as mx
+
+        X = np.asarray(model_input, dtype=np.float32)
+        return self.net(mx.nd.array(X)).asnumpy()
+
+
+mlflow.models.set_model(GluonNetModel())

@@ -1,0 +1,76 @@
+"""What differs between tasks: the loss, the per-batch statistics kept on the device, and the epoch metrics.
+
+The fit loop calls these hooks and nothing else, so adding a task never adds a branch to the loop.
+A model may bring its own loss (``net.loss``), as the book's from-scratch models do.
+"""
+from __future__ import annotations
+
+import math
+
+from mxlab.devices import import_mxnet
+from mxlab.registry import Registry
+
+tasks = Registry("task")
+
+
+class Task:
+    """Classification is the base case: cross-entropy, accuracy."""
+
+    metric_names = ("loss", "acc")
+
+    def loss(self, net):
+        own = getattr(net, "loss", None)
+        if own is not None:
+            return own
+        return self.default_loss()
+
+    def default_loss(self):
+        return import_mxnet().gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def begin_pass(self, net, loader, ctx):
+        """Per-context state carried from batch to batch within one pass over a split (None: nothing)."""
+        return None
+
+    def forward(self, net, X, carry):
+        """``(y_hat, carry)`` for one batch on one context."""
+        return net(X), carry
+
+    def count(self, y) -> int:
+        """How many examples a batch of labels holds: the unit of the loss average and of throughput."""
+        return y.shape[0]
+
+    def stats(self, y_hat, y, loss):
+        """Sums kept on the device for one batch: one NDArray per entry, added up over the epoch."""
+        correct = (y_hat.argmax(axis=1) == y.astype(y_hat.dtype)).sum()
+        return [loss.sum(), correct]
+
+    def finish(self, sums: list[float], count: int, split: str) -> dict[str, float]:
+        return {f"{split}/loss": sums[0] / count, f"{split}/acc": sums[1] / count}
+
+
+@tasks.register("classification")
+def classification() -> Task:
+    return Task()
+
+
+class RegressionTask(Task):
+    metric_names = ("loss",)
+
+    def default_loss(self):
+        l2 = import_mxnet().gluon.loss.L2Loss()  # (y_hat - y)^2 / 2, the book's squared_loss
+        return lambda y_hat, y: l2(y_hat, y.reshape(y_hat.shape))
+
+    def stats(self, y_hat, y, loss):
+        return [loss.sum()]
+
+    def finish(self, sums, count, split):
+        return {f"{split}/loss": sums[0] / count}
+
+
+@tasks.register("regression")
+def regression() -> Task:
+    return RegressionTask()
+
+
+def is_finite(value: float) -> bool:
+    return not (math.isnan(value) or math.isinf(value))
