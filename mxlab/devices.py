@@ -59,8 +59,9 @@ def find_cuda_libraries(search_dirs: list[Path] | None = None) -> dict[str, Path
     return found
 
 
-def preload_cuda(search_dirs: list[Path] | None = None, loader=ctypes.CDLL) -> list[str]:
+def preload_cuda(search_dirs: list[Path] | None = None, loader=None) -> list[str]:
     """Load the wheel-provided CUDA libraries globally; returns the sonames still missing."""
+    loader = loader or ctypes.CDLL
     found = find_cuda_libraries(search_dirs)
     for soname in CUDA_LIBRARIES:
         if soname in found:

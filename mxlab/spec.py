@@ -211,9 +211,9 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def read_yaml(path: Path) -> dict:
-    text = Path(path).read_text(encoding="utf-8")
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe_load plus duplicate keys
+        with open(path, encoding="utf-8") as stream:   # a named stream, so errors carry the file name
+            data = yaml.load(stream, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe_load + duplicate keys
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
@@ -379,7 +379,8 @@ def _fill(cls, values: dict, block: str, sources: dict, extra_options: dict | No
             allowed = sorted(k for k in hints if k not in ("options", "name")) + sorted(extra_options or {})
             raise SpecError(f"{_where(sources, dotted)}: {dotted}: unknown key; allowed: {', '.join(allowed)}")
     if extra_options is not None:
-        kwargs["options"] = options
+        # The resolved spec names every option, the builder's defaults included, so a run records all of them.
+        kwargs["options"] = {k: options.get(k, default) for k, (_, default) in extra_options.items()}
     return kwargs
 
 

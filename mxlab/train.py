@@ -33,10 +33,12 @@ def seed_everything(seed: int) -> None:
 # ---------------------------------------------------------------- building
 
 def build_net(spec, bundle=None):
-    """The registered model with the spec's options; data-derived options (``vocab_size``) come from the data."""
+    """The registered model with the spec's options; data-derived options (``vocab_size``) come from the data
+    unless the spec sets them."""
     options = models.options(spec.model.name)
     derived = {k: v for k, v in (bundle.extra if bundle else {}).items() if k in options}
-    return models.get(spec.model.name)(**{**derived, **spec.model.options})
+    chosen = {k: v for k, v in spec.model.options.items() if v is not None or k not in derived}
+    return models.get(spec.model.name)(**{**derived, **chosen})
 
 
 def initializer(name: str):

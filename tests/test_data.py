@@ -1,0 +1,178 @@
+"""Fashion-MNIST location, verification and device batching, on tiny IDX files the tests write."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mxlab.data import fashion_mnist as fm
+from mxlab.data.core import ArrayLoader, DataError, hold_out
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """Four tiny IDX archives in a folder, FILES pointing at their hashes, and no other source."""
+    rng = np.random.RandomState(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.randint(0, 256, (12, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(12) % 10,
+        "t10k-images-idx3-ubyte": rng.randint(0, 256, (5, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(5) % 10,
+    }
+    folder = tmp_path / "data"
+    folder.mkdir()
+    hashes = {}
+    for name, array in arrays.items():
+        content = idx_bytes(array)
+        hashes[name] = hashlib.sha256(content).hexdigest()
+        (folder / f"{name}.gz").write_bytes(gzip.compress(content))
+    monkeypatch.setattr(fm, "FILES", hashes)
+    monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(fm, "mxnet_cache_dir", lambda: tmp_path / "mxnet-cache")
+    monkeypatch.setenv("MXLAB_DATA_DIR", str(folder))
+    monkeypatch.setenv("MXLAB_CACHE_DIR", str(tmp_path / "records"))
+    return folder, arrays
+
+
+def test_reads_and_parses_verified_files(tiny):
+    folder, arrays = tiny
+    loaded, checksums = fm.load_arrays(download=False)
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(loaded[name], array)
+    assert checksums == fm.FILES
+
+
+def test_recompressed_archive_with_same_content_is_accepted(tiny):
+    folder, arrays = tiny
+    name = "train-labels-idx1-ubyte"
+    (folder / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(arrays[name]), compresslevel=1, mtime=1))
+    np.testing.assert_array_equal(fm.load_arrays(download=False)[0][name], arrays[name])
+
+
+def test_mismatch_names_file_hash_and_the_three_ways(tiny):
+    folder, arrays = tiny
+    name = "t10k-labels-idx1-ubyte"
+    (folder / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(arrays[name] + 1)))
+    with pytest.raises(DataError) as err:
+        fm.load_arrays(download=False)
+    message = str(err.value)
+    assert f"{name}.gz" in message and fm.FILES[name] in message
+    assert "MXLAB_DATA_DIR" in message and "dataset-fashion-mnist" in message and "download" in message
+
+
+def test_verification_is_recorded_and_not_repeated(tiny, monkeypatch):
+    fm.load_arrays(download=False)
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(fm.hashlib, "sha256", lambda data=b"": calls.append(1) or real(data))
+    fm.load_arrays(download=False)
+    assert calls == []
+    # A changed file (new size and mtime) is hashed again, and refused.
+    folder, arrays = tiny
+    name = "train-labels-idx1-ubyte"
+    (folder / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(arrays[name][:-1])))
+    with pytest.raises(DataError, match="expected"):
+        fm.load_arrays(download=False)
+    assert calls
+
+
+def test_search_order_prefers_mxlab_data_dir(tiny, tmp_path, monkeypatch):
+    folder, _ = tiny
+    cache = tmp_path / "mxnet-cache"
+    cache.mkdir()
+    for archive in folder.iterdir():
+        (cache / archive.name).write_bytes(archive.read_bytes())
+    assert fm.locate("train-images-idx3-ubyte", download=False).parent == folder
+    monkeypatch.delenv("MXLAB_DATA_DIR")
+    assert fm.locate("train-images-idx3-ubyte", download=False).parent == cache
+
+
+def test_missing_without_network_is_a_clear_error(tiny, monkeypatch):
+    monkeypatch.setenv("MXLAB_DATA_DIR", str(tiny[0].parent / "empty"))
+    monkeypatch.setenv("MXNET_GLUON_REPO", "http://127.0.0.1:9/")   # nothing listens on the discard port
+    with pytest.raises(DataError) as err:
+        fm.locate("train-images-idx3-ubyte")
+    message = str(err.value)
+    assert "download" in message and "failed" in message and "dataset-fashion-mnist" in message
+    assert fm.FILES["train-images-idx3-ubyte"] in message
+
+
+def test_download_into_cache_from_mirror(tiny, tmp_path, monkeypatch):
+    """The real download path, against a mirror served on 127.0.0.1."""
+    folder, arrays = tiny
+    mirror = tmp_path / "mirror"
+    (mirror / "dataset" / "fashion-mnist").mkdir(parents=True)
+    for archive in folder.iterdir():
+        (mirror / "dataset" / "fashion-mnist" / archive.name).write_bytes(archive.read_bytes())
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(mirror), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MXLAB_DATA_DIR", str(tmp_path / "empty"))
+        monkeypatch.setenv("MXNET_GLUON_REPO", f"http://127.0.0.1:{server.server_address[1]}/")
+        loaded, _ = fm.load_arrays()
+    finally:
+        server.shutdown()
+    assert (tmp_path / "mxnet-cache" / "t10k-labels-idx1-ubyte.gz").is_file()
+    np.testing.assert_array_equal(loaded["t10k-labels-idx1-ubyte"], arrays["t10k-labels-idx1-ubyte"])
+
+
+def test_parse_idx_rejects_garbage():
+    with pytest.raises(DataError, match="not an IDX"):
+        fm.parse_idx(b"hello world")
+    with pytest.raises(DataError, match="header says shape"):
+        fm.parse_idx(b"\x00\x00\x08\x01" + struct.pack(">I", 10) + b"\x01\x02")
+
+
+def test_hold_out_is_seeded_and_disjoint():
+    X, y = np.arange(100).reshape(100, 1), np.arange(100)
+    a = hold_out(X, y, 0.2, seed=1)
+    b = hold_out(X, y, 0.2, seed=1)
+    assert len(a[2]) == 20 and len(a[0]) == 80
+    np.testing.assert_array_equal(a[2], b[2])
+    assert not set(a[1]) & set(a[3])
+    assert not np.array_equal(hold_out(X, y, 0.2, seed=2)[3], a[3])
+
+
+def test_loader_shuffles_on_device_and_covers_every_example():
+    import mxnet as mx
+
+    X = np.arange(10, dtype=np.uint8).reshape(10, 1)
+    loader = ArrayLoader(X, np.arange(10), batch_size=4, ctx=mx.cpu(), shuffle=True,
+                         transform=lambda b: b.astype("float32") / 255)
+    batches = list(loader)
+    assert [b[0].shape for b in batches] == [(4, 1), (4, 1), (2, 1)]
+    assert batches[0][0].dtype == np.float32 and batches[0][0].context == mx.cpu()
+    seen = np.concatenate([b[1].asnumpy() for b in batches])
+    assert sorted(seen) == list(range(10)) and list(seen) != list(range(10))
+    pixels = np.concatenate([b[0].asnumpy()[:, 0] for b in batches]) * 255
+    np.testing.assert_allclose(pixels, seen, atol=1e-4)   # X and y stay paired through the shuffle
+
+
+def test_real_fashion_mnist_bundle(workspace):
+    """The installed data: splits, limit, held-out validation, and resize on the device."""
+    import mxnet as mx
+
+    from mxlab.spec import load_spec
+    from mxlab.data import load_data
+
+    spec = load_spec("lenet", ["data.limit=300", "data.val_fraction=0.1", "data.resize=32", "data.batch_size=64"])
+    bundle = load_data(spec, mx.cpu())
+    assert bundle.train.num_examples == 300 and bundle.val.num_examples == 300 and bundle.test.num_examples == 300
+    X, y = next(iter(bundle.train))
+    assert X.shape == (64, 1, 32, 32) and X.dtype == np.float32 and y.shape == (64,)
+    assert 0.0 <= float(X.min().asscalar()) and float(X.max().asscalar()) <= 1.0
+    assert bundle.input_shape == (1, 32, 32)
+    assert bundle.checksums["data.sha256.train-images-idx3-ubyte"].startswith("c59f468a")
