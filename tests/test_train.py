@@ -1,0 +1,100 @@
+"""The fit loop on real data: data-parallel contexts, seeded reproducibility, NaN handling, resumable state."""
+from __future__ import annotations
+
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from mxlab.callbacks import Checkpoint
+from mxlab.data import load_data
+from mxlab.spec import load_spec
+from mxlab.train import NonFiniteLoss, fit, make_updater, prepare_net
+
+SMALL = ["data.limit=512", "data.batch_size=64", "train.epochs=2"]
+
+
+def train(name, overrides, ctx_list, callbacks=()):
+    spec = load_spec(name, overrides)
+    bundle = load_data(spec, ctx_list[0])
+    net = prepare_net(spec, bundle, ctx_list)
+    return net, fit(spec, net, bundle, ctx_list, callbacks)
+
+
+def without_perf(history):
+    return [{k: v for k, v in h.items() if not k.startswith("perf/")} for h in history]
+
+
+def test_two_contexts_match_one(workspace):
+    """split_and_load over [cpu(0), cpu(1)] feeding one Trainer computes the same SGD steps as one context."""
+    net2, two = train("lenet", SMALL + ["train.lr=0.5"], [mx.cpu(0), mx.cpu(1)])
+    _, one = train("lenet", SMALL + ["train.lr=0.5"], [mx.cpu(0)])
+    for a, b in zip(without_perf(two), without_perf(one)):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], abs=2e-4), key
+    for param in net2.collect_params().values():   # both copies stayed identical
+        copies = param.list_data()
+        assert [c.context for c in copies] == [mx.cpu(0), mx.cpu(1)]
+        np.testing.assert_allclose(copies[0].asnumpy(), copies[1].asnumpy(), rtol=0, atol=0)
+
+
+def test_same_seed_same_metrics(workspace):
+    _, a = train("softmax", SMALL, [mx.cpu()])
+    _, b = train("softmax", SMALL, [mx.cpu()])
+    _, c = train("softmax", SMALL + ["train.seed=7"], [mx.cpu()])
+    assert without_perf(a) == without_perf(b)
+    assert without_perf(a) != without_perf(c)
+
+
+def test_metrics_per_epoch_and_learning(workspace):
+    _, history = train("softmax_scratch", ["data.limit=2000", "train.epochs=3", "data.val_fraction=0.2"],
+                       [mx.cpu()])
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert set(history[0]) == {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
+                               "perf/epoch_seconds", "perf/samples_per_second"}
+    assert history[-1]["train/loss"] < history[0]["train/loss"]
+    assert history[-1]["test/acc"] > 0.5
+
+
+def test_regression_recovers_true_parameters(workspace):
+    net, history = train("linreg", [], [mx.cpu()])
+    assert history[-1]["train/loss"] < 1e-3
+    w = net.collect_params()[[k for k in net.collect_params() if k.endswith("weight")][0]].data().asnumpy()
+    np.testing.assert_allclose(w.ravel(), [2, -3.4], atol=0.02)
+
+
+def test_non_finite_loss_raises(workspace):
+    with pytest.raises(NonFiniteLoss, match="train/loss is (nan|inf)"):
+        train("linreg_scratch", ["train.lr=1e6", "train.epochs=2"], [mx.cpu()])
+
+
+def test_scratch_model_refuses_several_devices(workspace):
+    with pytest.raises(ValueError, match="from scratch.*one\\s+device"):
+        train("softmax_scratch", SMALL, [mx.cpu(0), mx.cpu(1)])
+
+
+@pytest.mark.parametrize("name, optimizer", [("lenet", "momentum"), ("lenet", "adam")])
+def test_checkpoint_resumes_as_if_never_stopped(workspace, tmp_path, name, optimizer):
+    """Params, optimizer state and the epoch saved after epoch 1 continue into the same epoch 2."""
+    overrides = SMALL + [f"train.optimizer={optimizer}", "train.lr=0.01"]
+    _, straight = train(name, overrides, [mx.cpu()])
+
+    folder = tmp_path / "ckpt"
+    spec = load_spec(name, overrides)
+    one_epoch = spec.replace(**{"train.epochs": 1})
+    bundle = load_data(one_epoch, mx.cpu())
+    net = prepare_net(one_epoch, bundle, [mx.cpu()])
+    fit(one_epoch, net, bundle, [mx.cpu()], [Checkpoint(folder)])
+
+    record = json.loads((folder / "last.json").read_text())
+    resumed_net = prepare_net(spec, bundle, [mx.cpu()])
+    resumed_net.load_parameters(str(folder / "last.params"), ctx=[mx.cpu()])
+    updater = make_updater(resumed_net, spec.train, [mx.cpu()])
+    updater.load_states(str(folder / "last.states"))
+    resumed = fit(spec, resumed_net, load_data(spec, mx.cpu()), [mx.cpu()], start_epoch=record["epoch"],
+                  updater=updater, history=record["history"])
+    assert [h["epoch"] for h in resumed] == [1, 2]
+    assert without_perf(resumed)[0] == without_perf(straight)[0]
+    assert without_perf(resumed)[1] == pytest.approx(without_perf(straight)[1], rel=1e-6)
