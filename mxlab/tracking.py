@@ -97,7 +97,8 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def run_tags(spec: Spec, ctx_list, bundle, root: Path | None = None) -> dict[str, str]:
-    root = root or workspace_root()
+    # The commit of the repository that holds the experiment folder (a workspace may link to it).
+    source = Path(spec.path).resolve().parent if spec.path else (root or workspace_root())
     tags = {
         "mxlab.experiment": spec.name,
         "mxlab.task": spec.task,
@@ -108,9 +109,9 @@ def run_tags(spec: Spec, ctx_list, bundle, root: Path | None = None) -> dict[str
         **devices.build_features(),
         **bundle.checksums,
     }
-    commit = _git(root, "rev-parse", "HEAD")
+    commit = _git(source, "rev-parse", "HEAD")
     if commit:
-        status = _git(root, "status", "--porcelain")
+        status = _git(source, "status", "--porcelain")
         tags.update({"git.commit": commit, "mlflow.source.git.commit": commit,
                      "git.dirty": str(bool(status)).lower()})
     return tags
@@ -257,7 +258,7 @@ def run_experiment(spec: Spec, *, callbacks=(), tags: dict | None = None, parent
 
     Exceptions propagate after the run is closed with the matching status.
     """
-    from mxlab.callbacks import Checkpoint, ConsoleProgress, MLflowLogger
+    from mxlab.callbacks import Checkpoint, ConsoleProgress, MLflowLogger, TextSampler
     from mxlab.data import load_data
     from mxlab.train import fit, prepare_net
 
@@ -281,6 +282,10 @@ def run_experiment(spec: Spec, *, callbacks=(), tags: dict | None = None, parent
         checkpoint_dir = folder / "checkpoint"
         checkpoint = Checkpoint(checkpoint_dir, monitor=spec.search.metric, mode=spec.search.direction)
         chain = [checkpoint, MLflowLogger(c, run_id, checkpoint_dir), *callbacks]
+        if spec.task == "language_model" and spec.train.sample_every > 0:
+            chain.append(TextSampler(folder / "samples", spec.train.sample_every, spec.train.sample_prefixes,
+                                     spec.train.sample_length,
+                                     on_write=lambda path, epoch: c.log_artifact(run_id, str(path), "samples")))
         if progress:
             chain.insert(0, ConsoleProgress())
         history = fit(spec, net, bundle, ctx_list, chain)

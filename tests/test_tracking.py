@@ -1,0 +1,147 @@
+"""Runs recorded in MLflow: params, per-epoch metrics, tags, artifacts, status, and reload parity."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import mxnet as mx
+import numpy as np
+import pytest
+import yaml
+
+from mxlab import tracking
+from mxlab.data import load_data
+from mxlab.spec import from_dict, load_spec
+from mxlab.tasks import tasks
+from mxlab.train import build_net, evaluate
+
+CORE = {
+    "linreg_scratch": ["train.epochs=1"],
+    "linreg": ["train.epochs=1"],
+    "softmax_scratch": ["train.epochs=1", "data.limit=600", "data.val_fraction=0.2"],
+    "softmax": ["train.epochs=1", "data.limit=600"],
+    "lenet": ["train.epochs=2", "data.limit=600", "data.val_fraction=0.2"],
+}
+
+
+def artifact_paths(client, run_id, path=None):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out.extend(artifact_paths(client, run_id, item.path) if item.is_dir else [item.path])
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CORE))
+def test_run_is_recorded(workspace, name):
+    spec = load_spec(name, CORE[name])
+    result = tracking.run_experiment(spec, progress=False)
+    client = tracking.client()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert tracking.tracking_uri() == f"sqlite:///{workspace / 'mlruns' / 'mlflow.db'}"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == name
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location.startswith((workspace / "mlruns" / "artifacts").as_uri())
+
+    assert run.data.params == {k: str(v) for k, v in spec.flat().items()}
+    tags = run.data.tags
+    assert tags["devices"] == "cpu(0)" and tags["mxnet.version"] == mx.__version__
+    assert tags["mxnet.cuda"] == "false" and tags["host"]
+    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
+    if spec.data.name == "fashion_mnist":
+        assert tags["data.sha256.t10k-labels-idx1-ubyte"].startswith("0402a96d")
+
+    expected = {"train/loss", "perf/epoch_seconds", "perf/samples_per_second"}
+    if spec.task == "classification":
+        expected |= {"train/acc", "test/loss", "test/acc"}
+    if spec.data.val_fraction:
+        expected |= {"val/loss"} | ({"val/acc"} if spec.task == "classification" else set())
+    assert set(run.data.metrics) == expected
+    loss_history = client.get_metric_history(result.run_id, "train/loss")
+    assert [m.step for m in loss_history] == list(range(1, spec.train.epochs + 1))
+    assert loss_history[-1].value == pytest.approx(result.metrics["train/loss"])
+
+    artifacts = set(artifact_paths(client, result.run_id))
+    assert {"spec.yaml", "params/final.params", "model_summary.txt", "curves.png", "model/MLmodel",
+            "checkpoint/last.params", "checkpoint/last.json"} <= artifacts
+    if spec.data.val_fraction:
+        assert "params/best.params" in artifacts
+    local = Path(client.download_artifacts(result.run_id, "spec.yaml"))
+    assert from_dict(name, yaml.safe_load(local.read_text())).to_dict() == spec.to_dict()
+
+
+@pytest.mark.parametrize("name", ["lenet", "softmax_scratch"])
+def test_final_params_and_pyfunc_reproduce_logged_test_accuracy(workspace, name):
+    spec = load_spec(name, ["train.epochs=1", "data.limit=1000"])
+    result = tracking.run_experiment(spec, progress=False)
+    client = tracking.client()
+    params = client.download_artifacts(result.run_id, "params/final.params")
+
+    bundle = load_data(spec, mx.cpu())
+    net = build_net(spec, bundle)
+    net.load_parameters(params, ctx=mx.cpu())
+    metrics = evaluate(net, bundle.test, tasks.get(spec.task)(), [mx.cpu()])
+    assert metrics["test/acc"] == pytest.approx(result.metrics["test/acc"], abs=1e-9)
+
+    X, _ = next(iter(bundle.test))
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    np.testing.assert_allclose(model.predict(X.asnumpy()), net(X).asnumpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_loss_fails_the_run(workspace):
+    spec = load_spec("linreg_scratch", ["train.lr=1e6"])
+    with pytest.raises(FloatingPointError):
+        tracking.run_experiment(spec, progress=False)
+    client = tracking.client()
+    (run,) = client.search_runs([client.get_experiment_by_name("linreg_scratch").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "non" in run.data.tags["mxlab.error"].lower() or "nan" in run.data.tags["mxlab.error"].lower()
+
+
+def wait_for_epoch(client, experiment, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        if runs and "train/loss" in runs[0].data.metrics:
+            return runs[0]
+        time.sleep(0.5)
+    raise AssertionError("no epoch was logged in time")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_ends_the_run_killed_and_keeps_finished_epochs(workspace, sig):
+    command = [sys.executable, "-m", "mxlab.cli", "run", "softmax", "train.epochs=500", "data.limit=2000"]
+    proc = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        client = tracking.client()
+        run = wait_for_epoch(client, "softmax")
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED"
+    assert proc.returncode != 0
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 1
+    assert "checkpoint/last.params" in artifact_paths(client, run.info.run_id)
+
+
+def test_cli_run_json_is_one_object(workspace):
+    out = subprocess.run([sys.executable, "-m", "mxlab.cli", "run", "linreg", "train.epochs=2", "--json"],
+                         capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout)
+    assert set(payload) == {"run_id", "experiment", "status", "metrics"}
+    assert payload["experiment"] == "linreg" and payload["status"] == "FINISHED"
+    assert set(payload["metrics"]) == {"train/loss", "perf/epoch_seconds", "perf/samples_per_second"}
+    run = tracking.client().get_run(payload["run_id"])
+    assert run.data.metrics["train/loss"] == pytest.approx(payload["metrics"]["train/loss"])
