@@ -152,3 +152,56 @@ class OptunaPruner(Callback):
         self.trial.report(metrics[self.metric], state.epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {state.epoch} with {self.metric}={metrics[self.metric]:.4g}")
+
+
+class TextSampler(Callback):
+    """Every ``every`` epochs, the book's ``predict_rnn`` continues each prefix by ``length`` characters, and the
+    results go to ``<folder>/epoch_<n>.txt`` (a header line, then one generated text per prefix).
+
+    ``on_write(path, epoch)`` receives each file written; tracking uses it to log the file to the MLflow run.
+    The vocabulary comes from the data bundle (``idx_to_char``, ``char_to_idx``). A prefix character that the
+    training text lacks is an error on the full corpus; with ``data.limit`` (a shrunken run) that prefix is
+    noted as skipped in the file instead.
+    """
+
+    def __init__(self, folder: Path, every: int, prefixes, length: int, on_write=None):
+        self.folder, self.every, self.prefixes, self.length = Path(folder), every, tuple(prefixes), length
+        self.on_write = on_write
+        self.skipped: dict[str, str] = {}
+
+    def on_fit_begin(self, state):
+        if not self.prefixes:
+            raise ValueError(f"train.sample_every is {self.every} but train.sample_prefixes is empty; give prefixes "
+                             f"(train.sample_prefixes=[床前,白日]) or set train.sample_every=0")
+        extra = state.data.extra
+        if "char_to_idx" not in extra:
+            raise ValueError(f"train.sample_every needs a text dataset with a vocabulary (data.name: char_corpus), "
+                             f"not {state.spec.data.name}")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for prefix in self.prefixes:
+            unknown = sorted({c for c in prefix if c not in extra["char_to_idx"]})
+            if not prefix or unknown:
+                why = f"{', '.join(map(repr, unknown))} not in the training text" if unknown else "empty"
+                if state.spec.data.limit is None:
+                    raise ValueError(f"train.sample_prefixes: {prefix!r}: {why}; allowed: prefixes made of "
+                                     f"characters of the corpus")
+                self.skipped[prefix] = why
+
+    def on_epoch_end(self, state, metrics):
+        if state.epoch % self.every:
+            return
+        from mxlab.models.rnn import predict_rnn
+
+        extra = state.data.extra
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.endswith("/ppl"))
+        lines = [f"epoch {state.epoch}  {shown}".rstrip()]
+        for prefix in self.prefixes:
+            if prefix in self.skipped:
+                lines.append(f"{prefix} (skipped: {self.skipped[prefix]})")
+            else:
+                lines.append(predict_rnn(state.net, prefix, self.length, extra["idx_to_char"], extra["char_to_idx"],
+                                         state.ctx[0]))
+        path = self.folder / f"epoch_{state.epoch}.txt"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        if self.on_write is not None:
+            self.on_write(path, state.epoch)

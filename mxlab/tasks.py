@@ -72,5 +72,53 @@ def regression() -> Task:
     return RegressionTask()
 
 
+class LanguageModelTask(Task):
+    """Character-level language modelling, as the book trains its RNNs.
+
+    The network maps (X, state) to (Y, state) with Y of shape (num_steps * batch_size, vocab_size); the loss is
+    the cross-entropy of every step against the labels read time-major (``Y.T.reshape(-1)`` in the book). The
+    loader's ``sampling`` decides the state: ``random`` starts every batch from the zero state, ``adjacent``
+    carries it over, detached so that gradients stop at the batch boundary. ``count`` is the number of tokens,
+    so the step averages the gradient per token and ``ppl`` is exp of the mean loss per token.
+    """
+
+    metric_names = ("loss", "ppl")
+
+    def default_loss(self):
+        ce = import_mxnet().gluon.loss.SoftmaxCrossEntropyLoss()
+        return lambda y_hat, y: ce(y_hat, y.T.reshape((-1,)))
+
+    def begin_pass(self, net, loader, ctx):
+        sampling = getattr(loader, "sampling", None)
+        if sampling not in ("random", "adjacent"):
+            raise ValueError(f"task language_model needs a loader with sampling 'random' or 'adjacent', got "
+                             f"{type(loader).__name__} with sampling {sampling!r}; use data.name: char_corpus")
+        return {"carry_over": sampling == "adjacent", "state": None}
+
+    def forward(self, net, X, carry):
+        state = carry["state"]
+        if state is None or not carry["carry_over"] or state[0].shape[-2] != X.shape[0]:
+            state = net.begin_state(X.shape[0], X.context)
+        else:
+            state = [s.detach() for s in state]
+        y_hat, state = net(X, state)
+        return y_hat, {**carry, "state": state}
+
+    def count(self, y) -> int:
+        return y.size
+
+    def stats(self, y_hat, y, loss):
+        return [loss.sum()]
+
+    def finish(self, sums, count, split):
+        mean = sums[0] / count
+        return {f"{split}/loss": mean, f"{split}/ppl": math.exp(mean) if mean < 700 else math.inf}
+
+
+@tasks.register("language_model")
+def language_model() -> Task:
+    return LanguageModelTask()
+
+
 def is_finite(value: float) -> bool:
     return not (math.isnan(value) or math.isinf(value))

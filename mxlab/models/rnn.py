@@ -19,8 +19,9 @@ from mxlab.models.scratch import ScratchNet
 from mxlab.registry import models
 
 
-def _need_vocab(vocab_size: Optional[int], name: str) -> int:
-    if vocab_size is None or vocab_size < 1:
+def _check_vocab(vocab_size: Optional[int], name: str, initializing: bool = False) -> Optional[int]:
+    """``vocab_size`` may be unknown while a spec is only checked; a network is initialised only once it is known."""
+    if (vocab_size is None and initializing) or (vocab_size is not None and vocab_size < 1):
         raise ValueError(f"model {name}: vocab_size: got {vocab_size!r}; allowed: an integer >= 1, normally filled "
                          f"in from a text dataset (data.name: char_corpus)")
     return vocab_size
@@ -30,14 +31,19 @@ class RNNScratch(ScratchNet):
     """The book's ``rnn`` with ``get_params``: H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h), O_t = H_t W_hq + b_q,
     with one-hot inputs and hand-made parameters (N(0, 0.01^2) weights, zero biases)."""
 
-    def __init__(self, vocab_size: int, num_hiddens: int):
+    def __init__(self, vocab_size: Optional[int], num_hiddens: int):
         super().__init__()
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
-        self.declare("W_xh", (vocab_size, num_hiddens), "normal")
-        self.declare("W_hh", (num_hiddens, num_hiddens), "normal")
-        self.declare("b_h", (num_hiddens,), "zeros")
-        self.declare("W_hq", (num_hiddens, vocab_size), "normal")
-        self.declare("b_q", (vocab_size,), "zeros")
+        if vocab_size is not None:
+            self.declare("W_xh", (vocab_size, num_hiddens), "normal")
+            self.declare("W_hh", (num_hiddens, num_hiddens), "normal")
+            self.declare("b_h", (num_hiddens,), "zeros")
+            self.declare("W_hq", (num_hiddens, vocab_size), "normal")
+            self.declare("b_q", (vocab_size,), "zeros")
+
+    def initialize(self, ctx=None, **kwargs) -> None:
+        _check_vocab(self.vocab_size, "rnn_scratch", initializing=True)
+        super().initialize(ctx, **kwargs)
 
     def begin_state(self, batch_size: int, ctx=None) -> list:
         return [import_mxnet().nd.zeros((batch_size, self.num_hiddens), ctx=ctx or self.ctx)]
@@ -61,7 +67,7 @@ class RNNScratch(ScratchNet):
 
 @models.register()
 def rnn_scratch(*, vocab_size: Optional[int] = None, num_hiddens: int = 256) -> ScratchNet:
-    return RNNScratch(_need_vocab(vocab_size, "rnn_scratch"), num_hiddens)
+    return RNNScratch(_check_vocab(vocab_size, "rnn_scratch"), num_hiddens)
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,12 +78,17 @@ def _rnn_model_class():
         """The book's ``RNNModel``: a recurrent layer over one-hot inputs, then one Dense layer applied to the
         (num_steps * batch_size, num_hiddens) reshape of its outputs."""
 
-        def __init__(self, layer, vocab_size: int, **kwargs):
+        def __init__(self, layer, vocab_size: Optional[int], **kwargs):
             super().__init__(**kwargs)
             self.vocab_size = vocab_size
             with self.name_scope():
                 self.rnn = layer
-                self.dense = gluon.nn.Dense(vocab_size)
+                if vocab_size is not None:
+                    self.dense = gluon.nn.Dense(vocab_size)
+
+        def initialize(self, *args, **kwargs):
+            _check_vocab(self.vocab_size, type(self.rnn).__name__.lower(), initializing=True)
+            return super().initialize(*args, **kwargs)
 
         def begin_state(self, batch_size: int, ctx=None) -> list:
             return self.rnn.begin_state(batch_size=batch_size, ctx=ctx or import_mxnet().cpu())
@@ -102,7 +113,7 @@ RNN_SPEC = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
 def gluon_rnn(kind: str, vocab_size: Optional[int], num_hiddens: int, num_layers: int):
     if num_layers < 1:
         raise ValueError(f"model {kind}: num_layers: got {num_layers}; allowed: an integer >= 1")
-    vocab_size = _need_vocab(vocab_size, kind)
+    vocab_size = _check_vocab(vocab_size, kind)
     layer = getattr(import_mxnet().gluon.rnn, RNN_SPEC[kind])(num_hiddens, num_layers=num_layers)
     return _rnn_model_class()(layer, vocab_size)
 
@@ -113,3 +124,25 @@ def gluon_rnn(kind: str, vocab_size: Optional[int], num_hiddens: int, num_layers
 def rnn_model(*, kind: str, vocab_size: Optional[int] = None, num_hiddens: int = 256, num_layers: int = 1):
     """``rnn`` (tanh ``rnn.RNN``), ``gru`` (``rnn.GRU``) or ``lstm`` (``rnn.LSTM``) + ``Dense(vocab_size)``."""
     return gluon_rnn(kind, vocab_size, num_hiddens, num_layers)
+
+
+def predict_rnn(net, prefix: str, num_chars: int, idx_to_char, char_to_idx, ctx) -> str:
+    """The book's ``predict_rnn``: read ``prefix`` one character at a time, then append ``num_chars`` characters,
+    each the most likely one given the state so far (greedy)."""
+    mx = import_mxnet()
+    if not prefix:
+        raise ValueError("a prefix to generate from must hold at least one character")
+    unknown = sorted({c for c in prefix if c not in char_to_idx})
+    if unknown:
+        raise KeyError(f"prefix {prefix!r}: {', '.join(map(repr, unknown))} not in the vocabulary of the training text")
+    state = net.begin_state(1, ctx)
+    output = [char_to_idx[prefix[0]]]
+    with mx.autograd.predict_mode():
+        for t in range(num_chars + len(prefix) - 1):
+            X = mx.nd.array([[output[-1]]], ctx=ctx)
+            Y, state = net(X, state)
+            if t < len(prefix) - 1:
+                output.append(char_to_idx[prefix[t + 1]])
+            else:
+                output.append(int(Y.argmax(axis=1).asscalar()))
+    return "".join(idx_to_char[i] for i in output)
