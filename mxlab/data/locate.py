@@ -1,7 +1,11 @@
-"""``python -m mxlab.data.locate``: exit 0 when the local data sources are present, 1 otherwise (for ``make``)."""
+"""``python -m mxlab.data.locate``: exit 0 when the local data sources are present, 1 otherwise (for ``make``).
+
+Checks what the Debian packages provide: Fashion-MNIST (``dataset-fashion-mnist``) and the Tang poems the RNN
+experiments train on (``fortunes-zh``).
+"""
 import sys
 
-from mxlab.data import fashion_mnist
+from mxlab.data import fashion_mnist, text
 
 
 def main() -> int:
@@ -11,6 +15,8 @@ def main() -> int:
             fashion_mnist.locate(name, download=False)
         except fashion_mnist.DataError:
             missing.append(f"{name}.gz")
+    if not text.tang300_path().is_file():
+        missing.append(f"{text.tang300_path()} (fortunes-zh)")
     if missing:
         print(f"not found locally: {', '.join(missing)}", file=sys.stderr)
     return 1 if missing else 0
