@@ -222,6 +222,10 @@ def fit(spec, net, data, ctx_list: Sequence, callbacks: Sequence = (), start_epo
         for split, loader in data.splits().items():
             if split != "train":
                 metrics.update(evaluate(net, loader, task, ctx_list, split))
+        # A model may report facts of its own each epoch (the weight-decay models: l2_norm_w).
+        own_metrics = getattr(net, "epoch_metrics", None)
+        if own_metrics is not None:
+            metrics.update(own_metrics())
         metrics["perf/epoch_seconds"] = time.perf_counter() - epoch_start
         metrics["perf/samples_per_second"] = count / seconds if seconds > 0 else float("nan")
         state.history.append({"epoch": epoch, **metrics})
