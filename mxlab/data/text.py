@@ -280,7 +280,8 @@ def char_corpus(data, ctx, seed: int, *, corpus: str = "tang300", num_steps: int
                 newlines: Literal["space", "keep"] = "space") -> DataBundle:
     """A character corpus as (X, Y) index batches; ``extra`` carries ``vocab_size``, ``idx_to_char``, ``char_to_idx``.
 
-    ``max_chars`` keeps the corpus' first characters (the book's jaychou: 10,000); ``data.limit`` caps them too.
+    ``max_chars`` keeps the corpus' first characters (the book's jaychou: 10,000); ``data.limit`` caps them too,
+    before ``data.val_fraction`` holds out the tail, so a limited run keeps a val split of the same share.
     """
     if num_steps < 1:
         raise ValueError(f"data.num_steps: got {num_steps}; allowed: an integer >= 1")
