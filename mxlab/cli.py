@@ -48,8 +48,16 @@ def cmd_check(args) -> int:
 def cmd_run(args) -> int:
     from mxlab.tracking import run_experiment
 
-    s = specs.load_spec(args.name, args.overrides)
-    result = run_experiment(s, progress=not args.json)
+    tags = None
+    if (args.study or args.storage) and not args.best:
+        return _fail("--study and --storage choose the study for --best; add --best or drop them")
+    if args.best:
+        from mxlab.tune import best_spec
+
+        s, tags = best_spec(args.name, args.overrides, study=args.study, storage=args.storage)
+    else:
+        s = specs.load_spec(args.name, args.overrides)
+    result = run_experiment(s, tags=tags, progress=not args.json)
     if args.json:
         print(json.dumps({"run_id": result.run_id, "experiment": result.experiment, "status": result.status,
                           "metrics": result.metrics}))
@@ -76,6 +84,52 @@ def cmd_ui(args) -> int:
     return subprocess.call(command)
 
 
+def cmd_tune(args) -> int:
+    from mxlab import tune
+
+    options = tune.TuneOptions(trials=args.trials, timeout=args.timeout, study=args.study, storage=args.storage,
+                               sampler=args.sampler, pruner=args.pruner, workers=args.workers, seed=args.seed,
+                               heartbeat=args.heartbeat)
+    if args.worker:
+        tune.worker(args.name, args.overrides, options, args.parent_run_id, args.worker_index)
+        return 0
+    result = tune.tune(args.name, args.overrides, options)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        states = ", ".join(f"{k} {v}" for k, v in result["states"].items() if v)
+        print(f"study {result['study']} ({result['storage']}): {result['n_trials']} trials ({states})")
+        print(f"best value {result['best_value']} (trial {result['best_trial']}): {json.dumps(result['best_params'])}")
+        print(f"MLflow parent run {result['parent_run_id']}")
+    return 0
+
+
+def cmd_best(args) -> int:
+    from mxlab.tune import best
+
+    info = best(args.name, study=args.study, storage=args.storage)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"study {info['study']} ({info['storage']}): best of {info['n_trials']} trials is trial {info['trial']}")
+    print(f"  {info['metric']} = {info['value']} ({info['direction']})")
+    for key, value in info["params"].items():
+        print(f"  {key} = {value}")
+    if info["mlflow_run_id"]:
+        print(f"  MLflow run {info['mlflow_run_id']}")
+    if info["tune_overrides"]:
+        print(f"  tuned with: {' '.join(info['tune_overrides'])}")
+    print(f"retrain: mxlab run {args.name} --best" + (f" --study {info['study']}" if args.study else ""))
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from mxlab.tune import dashboard
+
+    dashboard(args.storage, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mxlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,7 +145,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides, e.g. train.epochs=1")
     p.add_argument("--json", action="store_true", help="print one JSON object with the run's result on stdout")
+    p.add_argument("--best", action="store_true", help="train with the best params of the experiment's study")
+    p.add_argument("--study", help="with --best: the study (default: named like the experiment)")
+    p.add_argument("--storage", help="with --best: the study storage URL (default: MXLAB_OPTUNA_STORAGE, else "
+                                     "sqlite mlruns/optuna.db)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("tune", help="an Optuna study over the experiment's search space; reruns resume it")
+    p.add_argument("name")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides, e.g. train.epochs=1")
+    p.add_argument("--trials", type=int, default=20, help="trials to add in this invocation (default 20)")
+    p.add_argument("--timeout", type=float, help="start no trial after this many seconds")
+    p.add_argument("--study", help="study name (default: the experiment's name)")
+    p.add_argument("--storage", help="study storage URL (default: MXLAB_OPTUNA_STORAGE, else sqlite "
+                                     "mlruns/optuna.db); postgresql://... for several workers")
+    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (needs PostgreSQL)")
+    p.add_argument("--seed", type=int, help="sampler seed, for a reproducible search")
+    p.add_argument("--heartbeat", type=int, default=60,
+                   help="seconds between a trial's heartbeats; a trial silent for twice this is failed and retried")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the study's result on stdout")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--parent-run-id", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("best", help="the best trial of the experiment's study")
+    p.add_argument("name")
+    p.add_argument("--study", help="study name (default: the experiment's name)")
+    p.add_argument("--storage", help="study storage URL (default: MXLAB_OPTUNA_STORAGE, else sqlite mlruns/optuna.db)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_best)
+
+    p = sub.add_parser("dashboard", help="optuna-dashboard on the study storage, on 127.0.0.1")
+    p.add_argument("--storage", help="study storage URL (default: MXLAB_OPTUNA_STORAGE, else sqlite mlruns/optuna.db)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("ui", help="the MLflow UI on the workspace store, on 127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
@@ -101,7 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may follow options (mxlab tune lenet --trials 40 train.epochs=10): argparse leaves them over.
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from mxlab.data.core import DataError
     from mxlab.devices import DeviceError
 

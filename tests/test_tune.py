@@ -1,0 +1,188 @@
+"""Optuna studies on one machine: tiny studies of real experiments, checked in Optuna and in MLflow."""
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+import mxlab.models  # noqa: F401  (registers the model zoo, so the skip below sees it)
+from mxlab import cli, tune
+from mxlab.registry import models
+from mxlab.spec import SpecError, from_dict, load_spec
+from mxlab.tracking import client
+
+QUICK = ["train.epochs=2", "data.limit=256", "data.batch_size=64"]
+
+
+def _runs(exp_name: str):
+    c = client()
+    exp = c.get_experiment_by_name(exp_name)
+    runs = c.search_runs([exp.experiment_id], max_results=500)
+    parents = [r for r in runs if r.data.tags.get("mxlab.role") == "study"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return c, parents, children
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_space_errors_come_before_any_trial_or_run(workspace, capsys):
+    cases = {
+        "search.space.train.nope.low=0.1": "train.nope' cannot be searched",
+        # LeNet has no dropout: its searchable keys hold none, so a dropout range is refused by name.
+        "search.space.model.dropout.low=0.1": "model.dropout' cannot be searched",
+    }
+    for override, message in cases.items():
+        leaf = override.split("=")[0].rsplit(".", 1)[0]
+        with pytest.raises(SpecError, match=message):
+            tune.tune("lenet", [override, f"{leaf}.high=0.5", *QUICK])
+    with pytest.raises(SpecError, match="search.space.train.lr.*low <= high"):
+        tune.tune("lenet", ["search.space.train.lr.low=0.5", "search.space.train.lr.high=0.1", *QUICK])
+    with pytest.raises(SpecError, match="low > 0 when log is true"):
+        tune.tune("lenet", ["search.space.train.wd.low=0", "search.space.train.wd.high=0.1",
+                            "search.space.train.wd.log=true", *QUICK])
+    # Ends that the spec itself refuses are caught before the study, not by a failing trial.
+    with pytest.raises(SpecError, match=r"search.space.train.momentum: high=1.5 .*\[0, 1\)"):
+        tune.tune("lenet", ["search.space.train.momentum.low=0.5", "search.space.train.momentum.high=1.5", *QUICK])
+    # Several workers on sqlite are refused with what to do instead.
+    with pytest.raises(ValueError, match="--workers 2 needs a database server.*postgresql://"):
+        tune.tune("lenet", QUICK, tune.TuneOptions(workers=2))
+    # Through the command line: a clear message and exit code 2.
+    assert cli.main(["tune", "lenet", "search.space.train.lr.low=1", "search.space.train.lr.high=0.1"]) == 2
+    assert "low <= high" in capsys.readouterr().err
+    assert not (workspace / "mlruns" / "optuna.db").exists()
+    assert not (workspace / "mlruns" / "mlflow.db").exists()
+
+
+def test_default_space_and_validation_hold_out(workspace):
+    spec, notes = tune.tuning_spec("lenet", QUICK)
+    assert set(spec.search.space) == {"train.lr", "train.wd"}
+    assert spec.search.space["train.lr"].log and spec.search.space["train.wd"].log
+    assert spec.search.metric == "val/acc" and spec.data.val_fraction == tune.TUNE_VAL_FRACTION
+    assert "val_fraction" in notes[0]
+    own, notes = tune.tuning_spec("lenet", [*QUICK, "data.val_fraction=0.2"])
+    assert own.data.val_fraction == 0.2 and not notes
+    params, moved = tune.baseline_params(spec)
+    # The spec's own lr; wd 0 cannot sit on a log scale and moves to the low end.
+    assert params == {"train.lr": 0.9, "train.wd": spec.search.space["train.wd"].low}
+    assert "train.wd=0.0" in moved[0]
+
+
+@pytest.mark.skipif("mlp" not in models, reason="the mlp model is not registered")
+def test_each_dropout_rate_is_searched_on_its_own():
+    spec = from_dict("dropout", {"model": {"name": "mlp", "num_hiddens": [256, 256], "dropout1": 0.2,
+                                           "dropout2": 0.5}, "data": {"name": "fashion_mnist"}})
+    tune.check_space(spec)
+    assert {"model.dropout1", "model.dropout2"} <= set(spec.search.space)
+    trial = optuna.trial.FixedTrial({"train.lr": 0.1, "train.wd": 1e-4, "model.dropout1": 0.1, "model.dropout2": 0.7})
+    params = tune.suggest(trial, spec)
+    trained = spec.replace(**params)
+    assert (trained.model.options["dropout1"], trained.model.options["dropout2"]) == (0.1, 0.7)
+    assert tune.baseline_params(spec)[0]["model.dropout2"] == 0.5
+
+
+def test_pruned_trials_leave_pruned_child_runs(workspace):
+    result = tune.tune("lenet", QUICK, tune.TuneOptions(trials=2, pruner=AlwaysPrune(), seed=0, progress=False))
+    assert result["states"]["PRUNED"] == 2 and result["n_trials"] == 2
+    assert result["best_value"] is None and result["best_params"] == {}
+    c, parents, children = _runs("lenet")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert parents[0].info.run_id == result["parent_run_id"]
+    assert parents[0].data.tags["mxlab.pruner"] == "AlwaysPrune"
+    assert parents[0].data.metrics["trials.pruned"] == 2
+    assert len(children) == 2
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == result["parent_run_id"]
+        assert run.data.tags["optuna.state"] == "PRUNED"
+        assert run.info.status == "KILLED"
+        assert "mxlab.error" not in run.data.tags and "pruned at epoch 1" in run.data.tags["optuna.pruned"]
+        # Pruned after the first of two epochs: one step of metrics, logged before the pruner stopped it.
+        assert [m.step for m in c.get_metric_history(run.info.run_id, "val/acc")] == [1]
+        assert run.data.params["data.val_fraction"] == "0.1"
+
+
+def test_failed_trials_leave_the_study_usable_and_resume_adds_trials(workspace, capfd):
+    study_dir = workspace / "mlruns"
+    # Softmax regression at lr ~1e38 overflows to NaN: every trial of this space fails, the baseline too.
+    nan_space = ["search.space.train.lr.low=1e37", "search.space.train.lr.high=1e38",
+                 "search.space.train.lr.log=true"]
+    first = tune.tune("softmax", [*QUICK, *nan_space], tune.TuneOptions(trials=2, seed=1, progress=False))
+    assert first["states"]["FAIL"] == 2 and first["best_value"] is None
+    assert (study_dir / "optuna.db").exists()
+    c, parents, children = _runs("softmax")
+    assert {r.info.status for r in children} == {"FAILED"}
+    assert {r.data.tags["optuna.state"] for r in children} == {"FAIL"}
+    assert all("NonFiniteLoss" in r.data.tags["mxlab.error"] for r in children)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+
+    # The same study goes on with a sane space; its trials add up.
+    second = tune.tune("softmax", QUICK, tune.TuneOptions(trials=2, seed=1, pruner="none", progress=False))
+    assert second["n_trials"] == 4 and second["states"]["COMPLETE"] == 2 and second["states"]["FAIL"] == 2
+    assert second["parent_run_id"] != first["parent_run_id"]
+    assert 0 < second["best_value"] <= 1
+    study = optuna.load_study(study_name="softmax", storage=tune.default_storage())
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert study.trials[0].params["train.lr"] >= 1e37   # the baseline, moved into the NaN range, ran first
+
+    c, parents, children = _runs("softmax")
+    complete = [r for r in children if r.data.tags["optuna.state"] == "COMPLETE"]
+    assert len(children) == 4 and len(complete) == 2
+    assert all(r.info.status == "FINISHED" for r in complete)
+    parent = c.get_run(second["parent_run_id"])
+    assert parent.data.metrics["trials.complete"] == 2 and parent.data.metrics["best_value"] == second["best_value"]
+    assert float(parent.data.params["best.train.lr"]) == pytest.approx(second["best_params"]["train.lr"])
+    plots = {a.path for a in c.list_artifacts(second["parent_run_id"], "plots")}
+    assert plots == {f"plots/{name}.html" for name in ("optimization_history", "param_importances",
+                                                       "parallel_coordinate", "intermediate_values")}
+    # The first invocation had no COMPLETE trial: importances were skipped with the reason, the rest drawn.
+    skipped = json.loads(c.get_run(first["parent_run_id"]).data.tags["mxlab.plots_skipped"])
+    assert "param_importances" in skipped and "needs at least 2 COMPLETE" in skipped["param_importances"]
+
+    # `mxlab best` and `mxlab run --best`: the retrained run carries the best params and links to the trial.
+    capfd.readouterr()
+    assert cli.main(["best", "softmax", "--json"]) == 0
+    best = json.loads(capfd.readouterr().out)
+    assert best["trial"] == second["best_trial"] and best["params"] == second["best_params"]
+    assert cli.main(["run", "softmax", "--best", "--json", "train.epochs=1", "data.limit=256"]) == 0
+    run = c.get_run(json.loads(capfd.readouterr().out)["run_id"])
+    assert float(run.data.params["train.lr"]) == pytest.approx(best["params"]["train.lr"])
+    assert float(run.data.params["train.wd"]) == pytest.approx(best["params"]["train.wd"])
+    assert run.data.params["train.epochs"] == "1"
+    assert run.data.tags["mxlab.study"] == "softmax" and run.data.tags["mxlab.trial"] == str(best["trial"])
+    assert "mlflow.parentRunId" not in run.data.tags
+
+
+def test_json_output_is_one_object_on_stdout(workspace, capfd):
+    code = cli.main(["tune", "lenet", "--trials", "1", "--seed", "3", "--study", "lenet-json", "--json",
+                     "--storage", f"sqlite:///{workspace / 'elsewhere' / 'studies.db'}", *QUICK])
+    out, err = capfd.readouterr()
+    assert code == 0
+    result = json.loads(out)   # the whole of stdout is one JSON object
+    assert set(result) >= {"study", "storage", "n_trials", "states", "best_value", "best_params", "parent_run_id"}
+    assert result["study"] == "lenet-json" and result["n_trials"] == 1
+    assert result["storage"].endswith("elsewhere/studies.db")
+    assert result["best_params"] == {"train.lr": 0.9, "train.wd": 1e-6}   # the enqueued baseline
+    assert "trial 0" in err   # progress went to stderr
+    assert (workspace / "elsewhere" / "studies.db").exists() and not (workspace / "mlruns" / "optuna.db").exists()
+    c, parents, children = _runs("lenet")
+    assert parents[0].data.tags["mxlab.study"] == "lenet-json"
+    assert parents[0].data.tags["mxlab.sampler"] == "tpe" and parents[0].data.tags["mxlab.pruner"] == "median"
+    assert children[0].data.tags["optuna.state"] == "COMPLETE" and children[0].info.status == "FINISHED"
+
+
+def test_storage_password_is_removed():
+    assert tune.redact("postgresql://mxlab:s3cr%40t@db.lab:5432/optuna") == "postgresql://mxlab@db.lab:5432/optuna"
+    assert tune.redact("sqlite:////tmp/x/optuna.db") == "sqlite:////tmp/x/optuna.db"
+
+
+def test_resumed_study_must_keep_its_metric(workspace):
+    tune.tune("lenet", QUICK, tune.TuneOptions(trials=1, pruner="none", progress=False))
+    with pytest.raises(ValueError, match="optimises val/acc, but search.metric is val/loss"):
+        tune.tune("lenet", [*QUICK, "search.metric=val/loss", "search.direction=maximize"],
+                  tune.TuneOptions(trials=1, progress=False))
+    with pytest.raises(ValueError, match="maximizes, but search.direction is minimize"):
+        tune.tune("lenet", [*QUICK, "search.metric=val/loss"], tune.TuneOptions(trials=1, progress=False))
+    assert load_spec("lenet").search.metric == "val/acc"
