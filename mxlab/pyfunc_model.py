@@ -2,8 +2,8 @@
 
 MLflow pickles a ``PythonModel`` object unless it is given as code, and nothing holding mxnet's ctypes
 handles pickles; so this file is copied into the model and defines the model when MLflow loads it.
-A hybridizable network is exported as ``symbol.json`` + ``net.params`` and reloaded as a ``SymbolBlock``,
-with no mxlab needed; a from-scratch network is rebuilt from ``spec.yaml`` by mxlab's registry.
+A hybridized network with one input is exported as ``symbol.json`` + ``net.params`` and reloaded as a
+``SymbolBlock``, with no mxlab needed; any other network is rebuilt from its spec by mxlab's registry.
 """
 import mlflow
 import numpy as np
@@ -32,7 +32,10 @@ class GluonNetModel(PythonModel):
         import mxnet as mx
 
         X = np.asarray(model_input, dtype=np.float32)
-        return self.net(mx.nd.array(X)).asnumpy()
+        y_hat = self.net(mx.nd.array(X))
+        if isinstance(y_hat, (tuple, list)):   # a recurrent network also returns its state
+            y_hat = y_hat[0]
+        return y_hat.asnumpy()
 
 
 mlflow.models.set_model(GluonNetModel())

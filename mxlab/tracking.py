@@ -219,17 +219,29 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def log_pyfunc_model(c, run_id: str, net, spec: Spec, input_shape, folder: Path) -> None:
-    """An MLflow pyfunc model under ``model/`` that reloads the network for prediction."""
+def log_pyfunc_model(c, run_id: str, net, spec: Spec, bundle, folder: Path) -> None:
+    """An MLflow pyfunc model under ``model/`` that reloads the network for prediction.
+
+    A hybridized network with one input is exported as a symbol and reloads without mxlab; any other (a
+    from-scratch network, a recurrent one that also takes its state) is rebuilt by mxlab from ``spec.yaml``,
+    whose model options then include what the data decided (``vocab_size``).
+    """
     import mlflow.pyfunc
+
+    from mxlab.train import model_options
 
     mx = devices.import_mxnet()
     artifacts = {}
     if isinstance(net, mx.gluon.HybridBlock) and spec.train.hybridize:
         net.export(str(folder / "net"))
-        artifacts = {"symbol": str(folder / "net-symbol.json"), "params": str(folder / "net-0000.params")}
-    else:
-        artifacts = {"spec": str(folder / "spec.yaml"), "params": str(folder / "final.params")}
+        symbol = mx.sym.load(str(folder / "net-symbol.json"))
+        inputs = [name for name in symbol.list_inputs() if name.startswith("data")]
+        if len(inputs) == 1:
+            artifacts = {"symbol": str(folder / "net-symbol.json"), "params": str(folder / "net-0000.params")}
+    if not artifacts:
+        full = spec.replace(**{f"model.{k}": v for k, v in model_options(spec, bundle).items()})
+        (folder / "model-spec.yaml").write_text(dump_yaml(full), encoding="utf-8")
+        artifacts = {"spec": str(folder / "model-spec.yaml"), "params": str(folder / "final.params")}
     model_dir = folder / "model"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)   # MLflow asks for type hints to infer a signature
@@ -298,5 +310,5 @@ def run_experiment(spec: Spec, *, callbacks=(), tags: dict | None = None, parent
         plot_curves(history, folder / "curves.png")
         c.log_artifact(run_id, str(folder / "curves.png"))
         (folder / "final.params").write_bytes((checkpoint_dir / "final.params").read_bytes())
-        log_pyfunc_model(c, run_id, net, spec, bundle.input_shape, folder)
+        log_pyfunc_model(c, run_id, net, spec, bundle, folder)
     return RunResult(run_id, spec.name, "FINISHED", history)

@@ -32,13 +32,17 @@ def seed_everything(seed: int) -> None:
 
 # ---------------------------------------------------------------- building
 
-def build_net(spec, bundle=None):
-    """The registered model with the spec's options; data-derived options (``vocab_size``) come from the data
-    unless the spec sets them."""
+def model_options(spec, bundle=None) -> dict:
+    """The builder's keyword arguments: the spec's options, with data-derived ones (``vocab_size``) taken from
+    the data unless the spec sets them."""
     options = models.options(spec.model.name)
     derived = {k: v for k, v in (bundle.extra if bundle else {}).items() if k in options}
     chosen = {k: v for k, v in spec.model.options.items() if v is not None or k not in derived}
-    return models.get(spec.model.name)(**{**derived, **chosen})
+    return {**derived, **chosen}
+
+
+def build_net(spec, bundle=None):
+    return models.get(spec.model.name)(**model_options(spec, bundle))
 
 
 def initializer(name: str):

@@ -145,3 +145,20 @@ def test_cli_run_json_is_one_object(workspace):
     assert set(payload["metrics"]) == {"train/loss", "perf/epoch_seconds", "perf/samples_per_second"}
     run = tracking.client().get_run(payload["run_id"])
     assert run.data.metrics["train/loss"] == pytest.approx(payload["metrics"]["train/loss"])
+
+
+@pytest.mark.parametrize("name", ["gru", "rnn_scratch"])
+def test_language_model_pyfunc_predicts_like_the_network(workspace, name):
+    """A recurrent network takes its state too: the model is rebuilt from its spec, vocab_size included."""
+    spec = load_spec(name, ["train.epochs=1", "data.limit=3000", "data.batch_size=4", "train.sample_every=0"])
+    result = tracking.run_experiment(spec, progress=False)
+    client = tracking.client()
+    bundle = load_data(spec, mx.cpu())
+    net = build_net(spec, bundle)
+    net.load_parameters(client.download_artifacts(result.run_id, "params/final.params"), ctx=mx.cpu())
+    X, _ = next(iter(bundle.train))
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    expected = net(X)[0].asnumpy()
+    assert expected.shape == (X.shape[0] * X.shape[1], bundle.extra["vocab_size"])
+    np.testing.assert_allclose(model.predict(X.asnumpy()), expected, rtol=1e-5, atol=1e-5)
