@@ -130,6 +130,14 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from mxlab.reproduce import reproduce
+
+    path = reproduce(args.names or None)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mxlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="study storage URL (default: MXLAB_OPTUNA_STORAGE, else sqlite mlruns/optuna.db)")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("reproduce", help="run experiments with the book's settings and write docs/results.md")
+    p.add_argument("names", nargs="*", help="experiments (default: every one 2 CPU cores can do in about an hour)")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("ui", help="the MLflow UI on the workspace store, on 127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
