@@ -163,10 +163,11 @@ def reproduce(names: list[str] | None = None, docs: Path | None = None) -> Path:
     docs = docs or workspace_root() / "docs"
     docs.mkdir(parents=True, exist_ok=True)
     store = docs / "results.json"
-    results = json.loads(store.read_text()) if store.exists() else {}
     for row in rows_for(names):
-        results[row.key] = run_row(row)
-        store.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")   # each row kept as it lands
+        got = run_row(row)
+        # Read again before writing: another reproduce may have landed rows meanwhile. Each row is kept as it lands.
+        results = json.loads(store.read_text()) if store.exists() else {}
+        results[row.key] = got
+        store.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
         (docs / "results.md").write_text(render(results))
-    (docs / "results.md").write_text(render(results))
     return docs / "results.md"
