@@ -76,7 +76,10 @@ class MLPScratch(ScratchNet):
 @models.register()
 def mlp_scratch(*, num_inputs: int = 784, num_hiddens: tuple[int, ...] = (256,), num_outputs: int = 10,
                 dropout1: float = 0.0, dropout2: float = 0.0) -> ScratchNet:
-    """784-256-10 with hand-made N(0, 0.01^2) weights; ``num_hiddens: [256, 256]`` with dropout rates for chapter 3.13."""
+    """784-256-10 with hand-made N(0, 0.01^2) weights.
+
+    ``num_hiddens: [256, 256]`` with ``dropout1: 0.2, dropout2: 0.5`` is the book's dropout network (3.13).
+    """
     drop_probs = _check_options(num_hiddens, dropout1, dropout2)
     if num_inputs < 1 or num_outputs < 1:
         raise ValueError(f"model.num_inputs and model.num_outputs: got {num_inputs} and {num_outputs}; "
@@ -87,7 +90,8 @@ def mlp_scratch(*, num_inputs: int = 784, num_hiddens: tuple[int, ...] = (256,),
 @models.register()
 def mlp(*, num_hiddens: tuple[int, ...] = (256,), num_outputs: int = 10, dropout1: float = 0.0,
         dropout2: float = 0.0):
-    """``Dense(h, relu)`` (flattening its input) per hidden layer, each followed by ``Dropout`` when its rate is > 0, then ``Dense(10)``."""
+    """``Dense(h, relu)`` per hidden layer (the first flattens the images), each followed by ``Dropout`` when its
+    rate is > 0, then ``Dense(num_outputs)``; initialised by ``train.init`` (the book: normal)."""
     nn = import_mxnet().gluon.nn
     drop_probs = _check_options(num_hiddens, dropout1, dropout2)
     net = nn.HybridSequential()
