@@ -164,15 +164,15 @@ def train_epoch(state: FitState, task, loss_fn, callbacks) -> tuple[dict, int, f
                 y_hat, carry[k] = task.forward(state.net, X_k, carry[k])
                 l = loss_fn(y_hat, y_k)
                 penalty = state.updater.penalty()
-                if penalty is not None:
-                    l = l + penalty.as_in_context(l.context)
-                losses.append((y_hat, y_k, l))
-        for _, _, l in losses:
-            l.backward()
+                # The penalty shapes the gradient; the reported loss stays the data loss, as in the book.
+                objective = l if penalty is None else l + penalty.as_in_context(l.context)
+                losses.append((y_hat, y_k, l, objective))
+        for *_, objective in losses:
+            objective.backward()
         batch_count = task.count(y)
         state.updater.step(batch_count)
         count += batch_count
-        for k, (y_hat, y_k, l) in enumerate(losses):
+        for k, (y_hat, y_k, l, _) in enumerate(losses):
             sums[k] = _add(sums[k], task.stats(y_hat, y_k, l))
         # Keep at most two batches queued in the engine (bounded memory), without copying to the host.
         if pending is not None:
