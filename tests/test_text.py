@@ -23,8 +23,6 @@ from mxlab.spec import from_dict, load_spec
 from mxlab.tasks import tasks
 from mxlab.train import FitState, fit, prepare_net
 
-needs_tang300 = pytest.mark.skipif(not text.TANG300_PATH.is_file(),
-                                   reason="the Debian package fortunes-zh is not installed")
 
 FORTUNE = ("\x1b[32m《静夜思》\x1b[m\n\x1b[33m作者：李白\x1b[m\n床前明月光，疑是地上霜。\n%\n"
            "\x1b[32m《登鹳雀楼》\x1b[m\n\x1b[33m作者：王之涣\x1b[m\n白日依山尽，黄河入海流。\n%\n")
@@ -45,7 +43,6 @@ def test_fortune_file_loses_colour_codes_and_separators():
     assert parsed == "《静夜思》\n作者：李白\n床前明月光，疑是地上霜。\n《登鹳雀楼》\n作者：王之涣\n白日依山尽，黄河入海流。\n"
 
 
-@needs_tang300
 def test_tang300_reads_the_debian_file():
     corpus, checksums = text.read_tang300()
     assert "\x1b" not in corpus and "\n%\n" not in corpus
@@ -271,7 +268,6 @@ def test_a_model_without_vocab_size_cannot_be_initialised():
         models.get("gru")().initialize()
 
 
-@needs_tang300
 @pytest.mark.parametrize("name,sampling", [("rnn_scratch", "random"), ("gru", "adjacent")])
 def test_short_training_on_tang300_gives_finite_ppl_and_a_sample(workspace, name, sampling):
     spec = load_spec(name, ["train.epochs=1", "data.limit=3000", f"data.sampling={sampling}", "train.device=cpu",
@@ -288,7 +284,6 @@ def test_short_training_on_tang300_gives_finite_ppl_and_a_sample(workspace, name
     assert sample.startswith(prefix) and len(sample) == 12
 
 
-@needs_tang300
 def test_sampler_refuses_prefixes_the_full_corpus_lacks(workspace, tmp_path):
     spec = load_spec("rnn_scratch", ["train.sample_prefixes=[床前, 🙂]", "train.sample_every=1"])
     bundle = text.char_corpus(spec.data, mx.cpu(), 0, **spec.data.options)
@@ -297,7 +292,6 @@ def test_sampler_refuses_prefixes_the_full_corpus_lacks(workspace, tmp_path):
         TextSampler(tmp_path, 1, spec.train.sample_prefixes, 5).on_fit_begin(state)
 
 
-@needs_tang300
 def test_tracked_run_logs_text_samples(workspace):
     from mlflow.tracking import MlflowClient
 
