@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -93,7 +94,9 @@ def cmd_tune(args) -> int:
     if args.worker:
         tune.worker(args.name, args.overrides, options, args.parent_run_id, args.worker_index)
         return 0
-    result = tune.tune(args.name, args.overrides, options)
+    # Libraries print to stdout too (MLflow's "View run" links for a tracking server): only the result goes there.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = tune.tune(args.name, args.overrides, options)
     if args.json:
         print(json.dumps(result))
     else:

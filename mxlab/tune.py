@@ -87,6 +87,16 @@ def redact(url: str) -> str:
         hide_password=False)
 
 
+def driver_url(url: str) -> str:
+    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 means psycopg 3 by it, mxlab ships psycopg2."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite:")
 
@@ -124,7 +134,7 @@ def open_storage(url: str, *, experiment: str | None = None, heartbeat: int | No
             # The schema is created once, under a lock, before any other process touches the file.
             with _file_lock(path.parent / ".optuna.lock"):
                 return optuna.storages.RDBStorage(url, **kwargs)
-        return optuna.storages.RDBStorage(url, **kwargs)
+        return optuna.storages.RDBStorage(driver_url(url), **kwargs)
 
 
 class StaleTrialHandler:
