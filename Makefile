@@ -14,12 +14,13 @@ NAME ?= lenet
 ARGS ?=
 TRIALS ?= 20
 PORT ?= 5000
+DASHBOARD_PORT ?= 8080
 
-.PHONY: help setup data exp ui test bench check list
+.PHONY: help setup data exp tune ui dashboard test bench check list
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]*:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: NAME=lenet ARGS='train.epochs=1' TRIALS=20 GPU=cu112 PYTHON=python3.11 PORT=5000"
+	@echo "  variables: NAME=lenet ARGS='train.epochs=1' TRIALS=20 GPU=cu112 PYTHON=python3.11 PORT=5000 DASHBOARD_PORT=8080"
 
 setup: $(STAMP) ## build .venv (GPU=cu112 for mxnet-cu112 and the CUDA 11 wheels)
 
@@ -58,8 +59,14 @@ list: $(STAMP) ## list the experiments
 check: $(STAMP) ## validate every experiment spec
 	$(BIN)/mxlab check
 
+tune: data ## Optuna study, resumed if it exists: make tune NAME=lenet TRIALS=20 ARGS="--pruner hyperband train.epochs=10"
+	$(BIN)/mxlab tune $(NAME) --trials $(TRIALS) $(ARGS)
+
 ui: $(STAMP) ## MLflow UI on http://127.0.0.1:$(PORT), every run there
 	$(BIN)/mxlab ui --port $(PORT)
+
+dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) (MXLAB_OPTUNA_STORAGE, else mlruns/optuna.db)
+	$(BIN)/mxlab dashboard --port $(DASHBOARD_PORT)
 
 test: data ## run the test suite
 	$(BIN)/python -m pytest -q

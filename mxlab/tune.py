@@ -425,6 +425,10 @@ def load_or_create_study(spec: Spec, study_name: str, storage, sampler=None, pru
     if metric and metric != spec.search.metric:
         raise ValueError(f"study {study_name!r} optimises {metric}, but search.metric is {spec.search.metric}; "
                          f"allowed: search.metric={metric}, or another --study name")
+    recorded = study.user_attrs.get("overrides")
+    if existed and recorded is not None and list(recorded) != list(overrides):
+        _log(f"note: study {study_name!r} was started with overrides {' '.join(recorded) or '(none)'}; this "
+             f"invocation uses {' '.join(overrides) or '(none)'}: its trials may not compare with the earlier ones")
     if not existed or not metric:
         study.set_user_attr("experiment", spec.name)
         study.set_user_attr("metric", spec.search.metric)
@@ -547,6 +551,9 @@ def tune(name: str, overrides: Sequence[str] = (), options: TuneOptions | None =
                          f"(--storage postgresql://user:password@host:5432/optuna or MXLAB_OPTUNA_STORAGE); see "
                          f"'Scaling out' in the README")
     study_name = options.study or spec.name
+    if options.workers > 1 and not os.environ.get("MLFLOW_TRACKING_URI"):
+        _log(f"note: {options.workers} workers write to the workspace's sqlite MLflow store; for many workers or "
+             f"machines set MLFLOW_TRACKING_URI to a tracking server")
     storage = open_storage(url, experiment=spec.name, heartbeat=options.heartbeat, root=root)
     pruner = make_pruner(options.pruner, spec.train.epochs)
     study = load_or_create_study(spec, study_name, storage, pruner=pruner, overrides=overrides)
@@ -699,5 +706,5 @@ def dashboard(storage: str | None = None, port: int = 8080, root: Path | None = 
     from optuna_dashboard import run_server
 
     url = storage_url(storage, root)
-    _log(f"Optuna dashboard on http://127.0.0.1:{port} (storage {redact(url)})")
+    print(f"mxlab dashboard: Optuna dashboard on http://127.0.0.1:{port} (storage {redact(url)})", file=sys.stderr)
     run_server(open_storage(url, heartbeat=None, root=root), host="127.0.0.1", port=port)

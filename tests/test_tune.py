@@ -186,3 +186,36 @@ def test_resumed_study_must_keep_its_metric(workspace):
     with pytest.raises(ValueError, match="maximizes, but search.direction is minimize"):
         tune.tune("lenet", [*QUICK, "search.metric=val/loss"], tune.TuneOptions(trials=1, progress=False))
     assert load_spec("lenet").search.metric == "val/acc"
+
+
+def test_dashboard_serves_the_study_on_localhost_only(workspace):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    tune.load_or_create_study(tune.tuning_spec("lenet", QUICK)[0], "lenet",
+                              tune.open_storage(tune.default_storage(), heartbeat=None))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mxlab.cli", "dashboard", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, body = time.monotonic() + 60, None
+        while body is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    body = json.loads(response.read())
+            except OSError:
+                time.sleep(0.3)
+        assert body is not None, proc.stderr.read() if proc.poll() is not None else "no answer"
+        assert [s["study_name"] for s in body["study_summaries"]] == ["lenet"]
+        # The kernel's table of listening sockets (state 0A): the port is bound to 127.0.0.1 only.
+        rows = [line.split() for line in open("/proc/net/tcp").read().splitlines()[1:]]
+        bound = {row[1].split(":")[0] for row in rows if row[3] == "0A" and int(row[1].split(":")[1], 16) == port}
+        assert bound == {"0100007F"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
