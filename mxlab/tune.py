@@ -564,7 +564,7 @@ def tune(name: str, overrides: Sequence[str] = (), options: TuneOptions | None =
         "mxlab.pruner": _pruner_name(options.pruner), "mxlab.role": "study", "mxlab.experiment": spec.name,
         **({"mxlab.note": " ".join(notes)} if notes else {})})
     parent_id = parent.info.run_id
-    _log(f"study {study_name!r} on {redact(url)}: {len(study.get_trials(deepcopy=False))} trials so far; "
+    _log(f"study {study_name!r} on {redact(url)}: {len(study.get_trials(deepcopy=False))} trial(s) so far; "
          f"{options.trials} more with {options.workers} worker(s); MLflow parent run {parent_id}")
     with run_lifecycle(c, parent_id):
         log_params(c, parent_id, spec)

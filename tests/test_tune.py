@@ -6,10 +6,8 @@ import json
 import optuna
 import pytest
 
-import mxlab.models  # noqa: F401  (registers the model zoo, so the skip below sees it)
 from mxlab import cli, tune
-from mxlab.registry import models
-from mxlab.spec import SpecError, from_dict, load_spec
+from mxlab.spec import SpecError, load_spec
 from mxlab.tracking import client
 
 QUICK = ["train.epochs=2", "data.limit=256", "data.batch_size=64"]
@@ -71,17 +69,17 @@ def test_default_space_and_validation_hold_out(workspace):
     assert "train.wd=0.0" in moved[0]
 
 
-@pytest.mark.skipif("mlp" not in models, reason="the mlp model is not registered")
-def test_each_dropout_rate_is_searched_on_its_own():
-    spec = from_dict("dropout", {"model": {"name": "mlp", "num_hiddens": [256, 256], "dropout1": 0.2,
-                                           "dropout2": 0.5}, "data": {"name": "fashion_mnist"}})
-    tune.check_space(spec)
-    assert {"model.dropout1", "model.dropout2"} <= set(spec.search.space)
+def test_each_dropout_rate_is_searched_on_its_own(workspace):
+    spec, _ = tune.tuning_spec("dropout", QUICK)   # the book's MLP: dropout1=0.2, then dropout2=0.5
+    assert set(spec.search.space) == {"train.lr", "train.wd", "model.dropout1", "model.dropout2"}
     trial = optuna.trial.FixedTrial({"train.lr": 0.1, "train.wd": 1e-4, "model.dropout1": 0.1, "model.dropout2": 0.7})
-    params = tune.suggest(trial, spec)
-    trained = spec.replace(**params)
+    trained = spec.replace(**tune.suggest(trial, spec))
     assert (trained.model.options["dropout1"], trained.model.options["dropout2"]) == (0.1, 0.7)
+    assert tune.baseline_params(spec)[0]["model.dropout1"] == 0.2
     assert tune.baseline_params(spec)[0]["model.dropout2"] == 0.5
+    # One hidden layer has no second dropout: a range for dropout2 there is refused before the study starts.
+    with pytest.raises(SpecError, match="search.space.model.dropout2: high=0.5 does not make a valid experiment"):
+        tune.tuning_spec("mlp", [*QUICK, "search.space.model.dropout2.low=0", "search.space.model.dropout2.high=0.5"])
 
 
 def test_pruned_trials_leave_pruned_child_runs(workspace):
