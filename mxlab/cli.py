@@ -58,7 +58,9 @@ def cmd_run(args) -> int:
         s, tags = best_spec(args.name, args.overrides, study=args.study, storage=args.storage)
     else:
         s = specs.load_spec(args.name, args.overrides)
-    result = run_experiment(s, tags=tags, progress=not args.json)
+    # MLflow prints "View run" links on stdout for a tracking server: keep stdout for the result alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run_experiment(s, tags=tags, progress=not args.json)
     if args.json:
         print(json.dumps({"run_id": result.run_id, "experiment": result.experiment, "status": result.status,
                           "metrics": result.metrics}))

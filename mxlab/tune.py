@@ -6,7 +6,8 @@ its trials add up. Each trial trains through :func:`mxlab.tracking.run_experimen
 ``mxlab run``, as a child of one MLflow parent run per invocation; the pruner is one more callback.
 
 States and MLflow run statuses match one to one: COMPLETE -> FINISHED, PRUNED -> KILLED (MLflow has no
-"pruned"; the trial was stopped on purpose), FAIL -> FAILED. Each child run carries ``optuna.state``.
+"pruned"; the trial was stopped on purpose), FAIL -> FAILED, except that a trial interrupted by Ctrl-C or
+SIGTERM stays KILLED like any interrupted run. Each child run carries ``optuna.state``.
 
 Several workers need a database server (PostgreSQL): sqlite is for one worker, so ``--workers K > 1`` on
 sqlite is refused rather than risking a locked or corrupted file. Heartbeats run on every database storage:
