@@ -316,6 +316,7 @@ class Objective:
                  progress: bool = True):
         self.spec, self.study_name, self.parent_run_id = spec, study_name, parent_run_id
         self.root, self.progress = root, progress
+        self.config_error: Exception | None = None
 
     def __call__(self, trial) -> float:
         import optuna
@@ -360,8 +361,12 @@ class Objective:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             raise KeyboardInterrupt(str(exc)) from exc
-        except Exception:
+        except Exception as exc:
             close("FAIL")
+            if isinstance(exc, KeyError) and str(exc).strip("'\"").startswith("search.metric"):
+                # The metric does not exist for this experiment: every trial would fail the same way.
+                self.config_error = exc
+                trial.study.stop()
             raise
         value = result.history[-1].get(spec.search.metric) if result.history else None
         if value is None or not math.isfinite(value):
@@ -456,6 +461,8 @@ def optimize(spec: Spec, study, *, trials: int, timeout: float | None, parent_ru
     objective = Objective(spec, study.study_name, parent_run_id, root, progress)
     with sigterm_as_exception(), _quiet_optuna():
         study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,), gc_after_trial=True)
+    if objective.config_error is not None:
+        raise objective.config_error
 
 
 def counts(study) -> dict[str, int]:

@@ -217,3 +217,14 @@ def test_dashboard_serves_the_study_on_localhost_only(workspace):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_metric_the_experiment_lacks_stops_the_study_after_one_trial(workspace, capsys):
+    code = cli.main(["tune", "lenet", "--trials", "3", "search.metric=val/ppl", "search.direction=minimize", *QUICK])
+    assert code == 2
+    assert "search.metric 'val/ppl' is not among this run's metrics" in capsys.readouterr().err
+    study = optuna.load_study(study_name="lenet", storage=tune.default_storage())
+    assert [t.state.name for t in study.trials] == ["FAIL"]   # one trial, not three
+    c, parents, children = _runs("lenet")
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert [r.data.tags["optuna.state"] for r in children] == ["FAIL"]
