@@ -309,12 +309,11 @@ def coerce(value: Any, hint: Any, key: str, sources: dict) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return coerce(value, arg, key, sources)
-            except SpecError as exc:
-                errors.append(exc)
+            except SpecError:
+                pass
         raise _error(sources, key, value, " or ".join([_describe(a) for a in args]))
     if origin is Literal:
         if value in args:
@@ -425,7 +424,7 @@ def searchable_keys(spec: Spec) -> dict[str, Any]:
 def default_space(spec: Spec) -> dict[str, Range]:
     """lr and wd on a log scale around the spec's own values, and every dropout rate the model exposes."""
     space = {
-        "train.lr": Range(spec.train.lr / 10, min(spec.train.lr * 10, 10.0 if spec.train.lr < 10 else spec.train.lr * 10), log=True),
+        "train.lr": Range(spec.train.lr / 10, spec.train.lr * 10, log=True),
         "train.wd": Range(1e-6, 1e-2, log=True),
     }
     for key in searchable_keys(spec):
