@@ -243,8 +243,9 @@ def log_pyfunc_model(c, run_id: str, net, spec: Spec, bundle, folder: Path) -> N
         (folder / "model-spec.yaml").write_text(dump_yaml(full), encoding="utf-8")
         artifacts = {"spec": str(folder / "model-spec.yaml"), "params": str(folder / "final.params")}
     model_dir = folder / "model"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)   # MLflow asks for type hints to infer a signature
+    # MLflow warns (and forces the warning on) that `predict` has no type hints: inputs are arrays of any
+    # shape here, with no schema to give. Recording the warnings keeps them off the console.
+    with warnings.catch_warnings(record=True):
         mlflow.pyfunc.save_model(str(model_dir), python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                                  artifacts=artifacts)
     c.log_artifacts(run_id, str(model_dir), "model")
