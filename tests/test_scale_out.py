@@ -64,7 +64,8 @@ class Postgres:
 def postgres():
     bindir = _pg_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; Debian: apt-get install postgresql")
+        pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found; Debian: apt-get install postgresql "
+                    "(.ci/run installs it)")
     base = Path(tempfile.mkdtemp(prefix="mxlab-pg-"))
     (base / "pw").write_text(PASSWORD + "\n")
     prefix = []
