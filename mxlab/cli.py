@@ -138,7 +138,7 @@ def cmd_dashboard(args) -> int:
 def cmd_reproduce(args) -> int:
     from mxlab.reproduce import reproduce
 
-    path = reproduce(args.names or None)
+    path = reproduce(args.names or None, seeds=args.seeds)
     print(f"wrote {path}")
     return 0
 
@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="run experiments with the book's settings and write docs/results.md")
     p.add_argument("names", nargs="*", help="experiments (default: every one 2 CPU cores can do in about an hour)")
+    p.add_argument("--seeds", type=int, default=1, help="train each with this many seeds and report the mean")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("ui", help="the MLflow UI on the workspace store, on 127.0.0.1")

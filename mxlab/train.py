@@ -170,7 +170,9 @@ def train_epoch(state: FitState, task, loss_fn, callbacks) -> tuple[dict, int, f
         for *_, objective in losses:
             objective.backward()
         batch_count = task.count(y)
-        state.updater.step(batch_count)
+        # As the book's trainer.step(batch_size): the gradient is divided by a full batch's count, so a short
+        # last batch takes a proportionally shorter step instead of a full-length step on fewer examples.
+        state.updater.step(batch_count * state.spec.data.batch_size // y.shape[0])
         count += batch_count
         for k, (y_hat, y_k, l, _) in enumerate(losses):
             sums[k] = _add(sums[k], task.stats(y_hat, y_k, l))

@@ -21,12 +21,16 @@ def test_meets_book_uses_test_accuracy_minus_one_point():
 
 def test_reproduce_runs_and_renders(workspace, tmp_path):
     docs = tmp_path / "docs"
-    path = reproduce.reproduce(["linreg", "weight_decay_scratch"], docs=docs)
+    path = reproduce.reproduce(["linreg", "weight_decay_scratch"], docs=docs, seeds=2)
     stored = json.loads((docs / "results.json").read_text())
+    assert stored["linreg"]["seeds"] == [42, 43] and len(stored["linreg"]["run_ids"]) == 2
+    per_seed = [m["train/loss"] for m in stored["linreg"]["per_seed"]]
+    assert per_seed[0] != per_seed[1]
+    assert abs(stored["linreg"]["metrics"]["train/loss"] - sum(per_seed) / 2) < 1e-12
     assert set(stored) == {"linreg", "weight_decay_scratch lambda=0", "weight_decay_scratch lambda=3"}
     assert stored["linreg"]["metrics"]["train/loss"] < 1e-3
     text = path.read_text()
-    assert "| linreg | train/loss 5e-05 | train/loss" in text
+    assert "| linreg | train/loss 5e-05 | train/loss" in text and "(mean of 2 seeds; train/loss" in text
     assert "| vgg | " in text and "not run on this machine" in text
     lam0 = stored["weight_decay_scratch lambda=0"]["metrics"]["l2_norm_w"]
     lam3 = stored["weight_decay_scratch lambda=3"]["metrics"]["l2_norm_w"]
