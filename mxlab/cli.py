@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from mxlab.data.core import DataError
     from mxlab.devices import DeviceError
+    from mxlab.tracking import Terminated
 
     try:
         return args.func(args)
@@ -225,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc).strip("'\""))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except Terminated:
+        return _fail("terminated (SIGTERM)", 143)
 
 
 if __name__ == "__main__":
