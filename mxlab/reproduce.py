@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from mxlab import devices
 from mxlab.spec import experiment_names, load_spec, workspace_root
 
 
@@ -112,7 +113,7 @@ def run_row(row: Row, seeds: int = 1) -> dict:
         "epoch": compared["epoch"],
         "epochs": len(history),
         "seconds_per_epoch": sum(seconds) / len(seconds),
-        "device": f"{base.train.device} ({platform.machine()}, {_cores()} cores)",
+        "device": f"{devices.describe(devices.contexts(base.train.device))} ({platform.machine()}, {_cores()} cores)",
         "run_ids": run_ids,
     }
 

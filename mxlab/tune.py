@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mxlab import spec as specs
-from mxlab.spec import Range, Spec, SpecError
+from mxlab.spec import Spec, SpecError
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")

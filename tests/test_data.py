@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import struct
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
