@@ -61,10 +61,10 @@ ROWS = [
     Row("densenet", {"train/loss": .2100, "train/acc": .923, "test/acc": .879}, book_seconds=59.6,
         runs_here=False),
     Row("rnn_scratch", {"train/ppl": 1.598}, "random", ("data.sampling=random",), book_seconds=0.27, at_epoch=200,
-        note="book: Jay Chou lyrics; here: tang300"),
+        note="book: Jay Chou lyrics; here: tang300 (both: first 10,000 characters)"),
     Row("rnn_scratch", {"train/ppl": 1.313}, "adjacent", ("data.sampling=adjacent",), book_seconds=0.27,
-        at_epoch=200, note="book: Jay Chou lyrics; here: tang300"),
-    Row("rnn", {"train/ppl": 2.647}, book_seconds=0.06, at_epoch=200, note="book: Jay Chou lyrics; here: tang300"),
+        at_epoch=200, note="book: Jay Chou lyrics; here: tang300 (both: first 10,000 characters)"),
+    Row("rnn", {"train/ppl": 2.647}, book_seconds=0.06, at_epoch=200, note="book: Jay Chou lyrics; here: tang300 (both: first 10,000 characters)"),
     Row("gru", {}, note="the book prints samples, no perplexity table"),
     Row("lstm", {}, note="the book prints samples, no perplexity table"),
 ]
