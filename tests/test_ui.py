@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -18,6 +19,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def render(url: str) -> str:
+    """The page's DOM after its scripts ran, from headless Chromium (Debian's package, installed by .ci/run)."""
+    with tempfile.TemporaryDirectory() as profile:
+        out = subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -34,6 +47,7 @@ def listening_addresses(port: int) -> set[str]:
 
 def test_ui_serves_the_runs(workspace):
     result = tracking.run_experiment(load_spec("linreg", ["train.epochs=1"]), progress=False)
+    run_name = tracking.client().get_run(result.run_id).info.run_name
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mxlab.cli", "ui", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy(),
@@ -59,6 +73,9 @@ def test_ui_serves_the_runs(workspace):
         assert [r["info"]["run_id"] for r in runs] == [result.run_id]
         assert runs[0]["info"]["status"] == "FINISHED"
         assert listening_addresses(port) == {"127.0.0.1"}
+        # What a researcher sees: the runs page, rendered by a real browser, opens on the training runs.
+        dom = render(runs_page.split()[-1])
+        assert "Training runs" in dom and run_name in dom
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
