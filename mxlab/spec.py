@@ -283,17 +283,29 @@ def _set(raw: dict, key: str, value: Any, sources: dict, origin: str, dotted: bo
         for k, v in value.items():
             _set(raw, f"{block}.{k}", v, sources, origin, dotted=True)
         return
-    if block == "search" and rest.startswith("space.") and rest.count(".") >= 2:
-        # search.space.train.lr.low=0.01: the leaf is a field of one range
-        target_key, _, leaf = rest[len("space."):].rpartition(".")
-        raw["search"].setdefault("space", {}).setdefault(target_key, {})[leaf] = value
-    else:
-        raw[block][rest] = value
+    if block == "search" and rest.startswith("space."):
+        # search.space.train.lr={low: 0.01, high: 1} or search.space.train.lr.low=0.01: a patch on top of the
+        # file's space (or the default one), applied when the search block is built.
+        target = rest[len("space."):]
+        head, _, leaf = target.rpartition(".")
+        key_and_leaf = (head, leaf) if head and leaf in ("low", "high", "log") else (target, None)
+        raw["search"].setdefault(_PATCHES, []).append((*key_and_leaf, value))
+        sources[f"search.space.{key_and_leaf[0]}"] = origin
+        return
+    raw[block][rest] = value
     sources[key] = origin
 
 
+_PATCHES = "space patches"   # not a YAML key: holds search.space.* given as key=value overrides
+
+
 def _where(sources: dict, key: str) -> str:
-    return sources.get(key) or sources.get(key.rsplit(".", 1)[0]) or "defaults"
+    """Where the value at ``key`` (or the nearest block above it) was given."""
+    while key:
+        if key in sources:
+            return sources[key]
+        key = key.rpartition(".")[0]
+    return "defaults"
 
 
 def _error(sources, key, value, allowed) -> SpecError:
@@ -407,49 +419,64 @@ def _build(name: str, path: Path | None, raw: dict, sources: dict) -> Spec:
 
 
 def searchable_keys(spec: Spec) -> dict[str, Any]:
-    """Numeric keys a study may search: the train block's numbers and the model's numeric options."""
-    out = {}
-    for f in dataclasses.fields(TrainSpec):
-        value = getattr(spec.train, f.name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[f"train.{f.name}"] = value
+    """Keys a study may search, with the spec's values: lr, wd, momentum (for the momentum optimizer), the
+    clipping norm, the batch size, and the model's float options (dropout rates among them)."""
+    out = {"train.lr": spec.train.lr, "train.wd": spec.train.wd, "data.batch_size": spec.data.batch_size}
+    if spec.train.optimizer == "momentum":
+        out["train.momentum"] = spec.train.momentum
+    if spec.train.clip_gradient is not None:
+        out["train.clip_gradient"] = spec.train.clip_gradient
     for key, (hint, default) in models.options(spec.model.name).items():
-        value = spec.model.options.get(key, default)
-        if hint in (float, int) or (isinstance(value, float)):
-            out[f"model.{key}"] = value
-    out["data.batch_size"] = spec.data.batch_size
+        if hint is float or typing.get_args(hint) == (float, type(None)):
+            out[f"model.{key}"] = spec.model.options.get(key, default)
     return out
 
 
 def default_space(spec: Spec) -> dict[str, Range]:
-    """lr and wd on a log scale around the spec's own values, and every dropout rate the model exposes."""
+    """lr and wd on a log scale around the spec's own values, and every dropout rate the model can take: each
+    dropout option is its own rate, and one the model refuses at the range's end (a second rate for a
+    one-layer MLP) stays out."""
     space = {
         "train.lr": Range(spec.train.lr / 10, spec.train.lr * 10, log=True),
         "train.wd": Range(1e-6, 1e-2, log=True),
     }
     for key in searchable_keys(spec):
         if key.startswith("model.") and "dropout" in key:
+            try:
+                models.get(spec.model.name)(**{**spec.model.options, key[len("model."):]: 0.9})
+            except ValueError:
+                continue
             space[key] = Range(0.0, 0.9)
     return space
 
 
 def _build_search(spec: Spec, raw: dict, sources: dict) -> SearchSpec:
     metric, direction = DEFAULT_SEARCH[spec.task]
-    unknown = set(raw) - {"metric", "direction", "space"}
+    unknown = set(raw) - {"metric", "direction", "space", _PATCHES}
     if unknown:
         key = f"search.{sorted(unknown)[0]}"
         raise SpecError(f"{_where(sources, key)}: {key}: unknown key; allowed: metric, direction, space")
     metric = coerce(raw.get("metric", metric), str, "search.metric", sources)
-    if not re.fullmatch(r"(train|val|test)/\w+", metric):
-        raise _error(sources, "search.metric", metric, "a metric name like val/acc, val/loss or val/ppl")
+    from mxlab.tasks import tasks
+
+    names = tasks.get(spec.task)().metric_names
+    if not re.fullmatch(r"(train|val|test)/(" + "|".join(names) + ")", metric):
+        raise _error(sources, "search.metric", metric, f"a metric of task {spec.task}: train/, val/ or test/ "
+                     f"followed by {' or '.join(names)}")
     if "direction" not in raw and "metric" in raw:
         direction = "maximize" if metric.endswith("/acc") else "minimize"
     direction = coerce(raw.get("direction", direction), Literal["maximize", "minimize"], "search.direction", sources)
     space_raw = raw.get("space")
-    if space_raw is None:
-        return SearchSpec(metric, direction, default_space(spec))
-    if not isinstance(space_raw, Mapping):
+    if space_raw is not None and not isinstance(space_raw, Mapping):
         raise _error(sources, "search.space", space_raw, "a mapping of dotted keys to {low, high, log}")
+    if space_raw is None:
+        space_raw = {k: dataclasses.asdict(r) for k, r in default_space(spec).items()}
+    space_raw = {k: dict(v) if isinstance(v, Mapping) else v for k, v in space_raw.items()}
+    for key, leaf, value in raw.get(_PATCHES, []):
+        if leaf is None:
+            space_raw[key] = value
+        elif isinstance(space_raw.setdefault(key, {}), dict):
+            space_raw[key][leaf] = value
     allowed = searchable_keys(spec)
     space = {}
     for key, rng in space_raw.items():

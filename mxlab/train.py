@@ -130,11 +130,11 @@ class FitState:
     ctx: list
     history: list = field(default_factory=list)
     epoch: int = 0
-    stop: bool = False   # a callback may set this to end training after the current epoch
 
 
 def _split(batch, ctx_list):
     gluon = import_mxnet().gluon
+    ctx_list = ctx_list[:batch.shape[0]]   # in evaluation, a batch smaller than the device count leaves some idle
     if len(ctx_list) == 1:
         return [batch.as_in_context(ctx_list[0])]
     return gluon.utils.split_and_load(batch, ctx_list, even_split=False)
@@ -157,6 +157,10 @@ def train_epoch(state: FitState, task, loss_fn, callbacks) -> tuple[dict, int, f
     count, pending = 0, None
     start = time.perf_counter()
     for i, (X, y) in enumerate(loader):
+        if X.shape[0] < len(ctx_list):
+            # Too few examples to give every device one: an idle device would hand the Trainer a stale gradient.
+            # Skipped, it costs at most len(ctx) - 1 examples of the epoch.
+            continue
         Xs, ys = _split(X, ctx_list), _split(y, ctx_list)
         losses = []
         with autograd.record():
@@ -237,8 +241,6 @@ def fit(spec, net, data, ctx_list: Sequence, callbacks: Sequence = (), start_epo
         state.history.append({"epoch": epoch, **metrics})
         for cb in callbacks:
             cb.on_epoch_end(state, metrics)
-        if state.stop:
-            break
     for cb in callbacks:
         cb.on_fit_end(state)
     return state.history

@@ -103,6 +103,36 @@ def test_search_space_errors(root):
                         "search.space.model.dropout.high=0.5"])
 
 
+def test_search_space_overrides_patch_the_default_or_file_space(root):
+    path = write_experiment(root, "e", BASE)
+    spec = load_spec("e", ["search.space.train.lr.low=0.01"])
+    assert spec.search.space["train.lr"] == Range(0.01, 1.0, True)          # only low changed
+    assert "train.wd" in spec.search.space                                  # the rest of the default stays
+    spec = load_spec("e", ["search.space.train.lr={low: 0.02, high: 0.5}"])
+    assert spec.search.space["train.lr"] == Range(0.02, 0.5, False)
+    with pytest.raises(SpecError, match=r"^command line: search\.space\.train\.lr"):
+        load_spec("e", ["search.space.train.lr.high=0.001"])
+    path.write_text(BASE + "search:\n  space:\n    train.wd: {low: 1.0, high: 0.1}\n")
+    with pytest.raises(SpecError, match=f"^{path}: search\\.space\\.train\\.wd"):
+        load_spec("e")
+
+
+def test_search_metric_must_be_one_the_task_reports(root):
+    write_experiment(root, "e", BASE)
+    assert load_spec("e", ["search.metric=val/loss"]).search.direction == "minimize"
+    with pytest.raises(SpecError, match=r"search\.metric: got 'val/ppl'; allowed: a metric of task classification"):
+        load_spec("e", ["search.metric=val/ppl"])
+
+
+def test_default_space_leaves_out_a_dropout_the_model_refuses(root):
+    write_experiment(root, "one", "model: {name: mlp, num_hiddens: [256]}\ndata: {name: fashion_mnist}\n")
+    write_experiment(root, "two", "model: {name: mlp, num_hiddens: [256, 256]}\ndata: {name: fashion_mnist}\n")
+    assert set(load_spec("one").search.space) == {"train.lr", "train.wd", "model.dropout1"}
+    assert set(load_spec("two").search.space) == {"train.lr", "train.wd", "model.dropout1", "model.dropout2"}
+    with pytest.raises(SpecError, match=r"'train\.seed' cannot be searched"):
+        load_spec("one", ["search.space.train.seed={low: 1, high: 5}"])
+
+
 def test_default_space_and_round_trip(root):
     write_experiment(root, "e", BASE + "train: {lr: 0.9}\n")
     spec = load_spec("e")

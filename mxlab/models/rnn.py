@@ -35,10 +35,11 @@ class RNNScratch(ScratchNet):
         super().__init__()
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
         if vocab_size is not None:
-            self.declare("W_xh", (vocab_size, num_hiddens), "normal")
-            self.declare("W_hh", (num_hiddens, num_hiddens), "normal")
+            # train.wd decays the weights (the book's L2 penalty), never the biases.
+            self.declare("W_xh", (vocab_size, num_hiddens), "normal", decay=True)
+            self.declare("W_hh", (num_hiddens, num_hiddens), "normal", decay=True)
             self.declare("b_h", (num_hiddens,), "zeros")
-            self.declare("W_hq", (num_hiddens, vocab_size), "normal")
+            self.declare("W_hq", (num_hiddens, vocab_size), "normal", decay=True)
             self.declare("b_q", (vocab_size,), "zeros")
 
     def initialize(self, ctx=None, **kwargs) -> None:
