@@ -1,11 +1,13 @@
 """Fashion-MNIST location, verification and device batching, on tiny IDX files the tests write."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.server
 import struct
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +44,19 @@ def tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("MXLAB_DATA_DIR", str(folder))
     monkeypatch.setenv("MXLAB_CACHE_DIR", str(tmp_path / "records"))
     return folder, arrays
+
+
+@contextlib.contextmanager
+def serve(folder: Path):
+    """An HTTP server for ``folder`` on 127.0.0.1, standing in for MXNet's mirror; yields its base URL."""
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(folder), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
 
 
 def test_reads_and_parses_verified_files(tiny):
@@ -114,18 +129,24 @@ def test_download_into_cache_from_mirror(tiny, tmp_path, monkeypatch):
     (mirror / "dataset" / "fashion-mnist").mkdir(parents=True)
     for archive in folder.iterdir():
         (mirror / "dataset" / "fashion-mnist" / archive.name).write_bytes(archive.read_bytes())
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(mirror), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.RequestHandlerClass.log_message = lambda *a: None
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serve(mirror) as url:
         monkeypatch.setenv("MXLAB_DATA_DIR", str(tmp_path / "empty"))
-        monkeypatch.setenv("MXNET_GLUON_REPO", f"http://127.0.0.1:{server.server_address[1]}/")
+        monkeypatch.setenv("MXNET_GLUON_REPO", url)
         loaded, _ = fm.load_arrays()
-    finally:
-        server.shutdown()
     assert (tmp_path / "mxnet-cache" / "t10k-labels-idx1-ubyte.gz").is_file()
     np.testing.assert_array_equal(loaded["t10k-labels-idx1-ubyte"], arrays["t10k-labels-idx1-ubyte"])
+
+
+def test_a_bad_download_is_refused_before_it_reaches_the_cache(tiny, tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror" / "dataset" / "fashion-mnist"
+    mirror.mkdir(parents=True)
+    (mirror / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"not the labels"))
+    with serve(tmp_path / "mirror") as url:
+        monkeypatch.setenv("MXLAB_DATA_DIR", str(tmp_path / "empty"))
+        monkeypatch.setenv("MXNET_GLUON_REPO", url)
+        with pytest.raises(DataError, match="nothing was saved"):
+            fm.locate("t10k-labels-idx1-ubyte")
+    assert not (tmp_path / "mxnet-cache" / "t10k-labels-idx1-ubyte.gz").exists()
 
 
 def test_parse_idx_rejects_garbage():

@@ -23,7 +23,7 @@ from mxlab.data.core import ArrayLoader, DataBundle, DataError, hold_out
 from mxlab.devices import import_mxnet
 from mxlab.registry import datasets
 
-# SHA-256 of the decompressed IDX files (../shared/REFERENCE.md, "Data sources").
+# SHA-256 of the decompressed IDX files: the same in the publisher's archives, MXNet's mirror and Debian's package.
 FILES = {
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
     "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
@@ -113,6 +113,14 @@ def _download(name: str, target_dir: Path) -> Path:
     except OSError as exc:
         raise DataError(f"{name}.gz was not found in {', '.join(map(str, search_dirs()))} and the download "
                         f"from {url} failed ({exc}). {how_to_provide(name)}") from None
+    try:
+        got = hashlib.sha256(gzip.decompress(payload)).hexdigest()
+    except (OSError, EOFError) as exc:
+        got = f"none (not a gzip archive: {exc})"
+    if got != FILES[name]:
+        # Refused before it reaches the cache, so a bad download never poisons later runs.
+        raise DataError(f"{url}: decompressed content has SHA-256 {got}, expected {FILES[name]}; nothing was "
+                        f"saved. {how_to_provide(name)}")
     with tempfile.NamedTemporaryFile(dir=target_dir, delete=False, suffix=".part") as tmp:
         tmp.write(payload)
     os.replace(tmp.name, target)
@@ -144,7 +152,13 @@ def parse_idx(content: bytes) -> np.ndarray:
 
 def load_arrays(download: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The four verified arrays by file name, and their checksums."""
-    arrays = {name: parse_idx(read_verified(name, locate(name, download))) for name in FILES}
+    arrays = {}
+    for name in FILES:
+        path = locate(name, download)
+        try:
+            arrays[name] = parse_idx(read_verified(name, path))
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}" if str(path) not in str(exc) else str(exc)) from None
     return arrays, dict(FILES)
 
 
