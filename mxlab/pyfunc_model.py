@@ -18,13 +18,21 @@ class GluonNetModel(PythonModel):
         if "symbol" in artifacts:
             self.net = mx.gluon.SymbolBlock.imports(artifacts["symbol"], ["data"], artifacts["params"])
         else:
+            from pathlib import Path
+
             import yaml
 
-            from mxlab.spec import from_dict
+            import mxlab.models  # noqa: F401  (registers the zoo)
+            from mxlab.registry import models
+            from mxlab.spec import from_dict, import_experiment_model
             from mxlab.train import build_net
 
             with open(artifacts["spec"], encoding="utf-8") as f:
-                spec = from_dict("model", yaml.safe_load(f))
+                raw = yaml.safe_load(f)
+            if raw["model"]["name"] not in models and "experiment_model" in artifacts:
+                # A model registered by its experiment folder's model.py, shipped with this model.
+                import_experiment_model(Path(artifacts["experiment_model"]).parent)
+            spec = from_dict("model", raw)
             self.net = build_net(spec)
             self.net.load_parameters(artifacts["params"], ctx=mx.cpu())
 

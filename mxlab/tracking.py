@@ -242,6 +242,9 @@ def log_pyfunc_model(c, run_id: str, net, spec: Spec, bundle, folder: Path) -> N
         full = spec.replace(**{f"model.{k}": v for k, v in model_options(spec, bundle).items()})
         (folder / "model-spec.yaml").write_text(dump_yaml(full), encoding="utf-8")
         artifacts = {"spec": str(folder / "model-spec.yaml"), "params": str(folder / "final.params")}
+        own_model = spec.path.parent / "model.py" if spec.path else None
+        if own_model and own_model.is_file():   # the experiment folder registers this model itself
+            artifacts["experiment_model"] = str(own_model)
     model_dir = folder / "model"
     # MLflow warns (and forces the warning on) that `predict` has no type hints: inputs are arrays of any
     # shape here, with no schema to give. Recording the warnings keeps them off the console.

@@ -148,6 +148,18 @@ def test_cli_run_json_is_one_object(workspace):
     assert run.data.metrics["train/loss"] == pytest.approx(payload["metrics"]["train/loss"])
 
 
+def test_pyfunc_of_a_folder_model_loads_in_a_fresh_process(workspace):
+    """custom_block's model is registered by its folder's model.py, which travels with the MLflow model."""
+    result = tracking.run_experiment(load_spec("custom_block", ["train.epochs=1", "data.limit=300"]), progress=False)
+    code = ("import mlflow, numpy as np; mlflow.set_tracking_uri(%r); "
+            "m = mlflow.pyfunc.load_model('runs:/%s/model'); print(m.predict(np.zeros((3, 1, 28, 28))).shape)"
+            % (tracking.tracking_uri(), result.run_id))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=workspace.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "(3, 10)"
+
+
 @pytest.mark.parametrize("name", ["gru", "rnn_scratch"])
 def test_language_model_pyfunc_predicts_like_the_network(workspace, name):
     """A recurrent network takes its state too: the model is rebuilt from its spec, vocab_size included."""
