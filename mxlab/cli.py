@@ -70,7 +70,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from mxlab.tracking import client, experiment_id, tracking_uri
+    from mxlab.tracking import client, experiment_id, store_dir, tracking_uri
 
     uri = tracking_uri()
     c = client()
@@ -83,7 +83,7 @@ def cmd_ui(args) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(args.port)]
     if uri.startswith("sqlite:"):
-        command += ["--default-artifact-root", (specs.workspace_root() / "mlruns" / "artifacts").as_uri()]
+        command += ["--default-artifact-root", (store_dir() / "artifacts").as_uri()]
     return subprocess.call(command)
 
 
@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (specs.SpecError, DataError, DeviceError, KeyError, ValueError) as exc:
         return _fail(str(exc).strip("'\""))
+    except FloatingPointError as exc:   # a non-finite loss: the run is recorded FAILED, the cause is one line
+        return _fail(str(exc), 1)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Terminated:

@@ -45,10 +45,10 @@ def artifact_location(experiment_name: str, root: Path | None = None) -> str | N
 
 
 @contextlib.contextmanager
-def _store_lock(root: Path | None = None):
-    folder = store_dir(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
+def file_lock(path: Path):
+    """An exclusive lock on ``path`` across processes: one of them creates a store's schema, the others wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -62,7 +62,7 @@ def client(root: Path | None = None):
 
     uri = tracking_uri(root)
     if uri.startswith("sqlite:"):
-        with _store_lock(root):
+        with file_lock(store_dir(root) / ".lock"):
             c = MlflowClient(uri)
             c.search_experiments(max_results=1)   # creates or migrates the schema, once, before any worker
         return c

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import os
@@ -66,7 +65,9 @@ def _quiet_optuna():
 # ---------------------------------------------------------------- storage
 
 def default_storage(root: Path | None = None) -> str:
-    return f"sqlite:///{(root or specs.workspace_root()) / 'mlruns' / 'optuna.db'}"
+    from mxlab.tracking import store_dir
+
+    return f"sqlite:///{store_dir(root) / 'optuna.db'}"
 
 
 def storage_url(url: str | None = None, root: Path | None = None) -> str:
@@ -102,17 +103,6 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite:")
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def open_storage(url: str, *, experiment: str | None = None, heartbeat: int | None = HEARTBEAT_SECONDS,
                  root: Path | None = None):
     """An Optuna ``RDBStorage`` whose tables exist; with ``heartbeat``, stale trials are failed and retried.
@@ -133,7 +123,9 @@ def open_storage(url: str, *, experiment: str | None = None, heartbeat: int | No
             path = Path(url.removeprefix("sqlite:///"))
             path.parent.mkdir(parents=True, exist_ok=True)
             # The schema is created once, under a lock, before any other process touches the file.
-            with _file_lock(path.parent / ".optuna.lock"):
+            from mxlab.tracking import file_lock
+
+            with file_lock(path.parent / ".optuna.lock"):
                 return optuna.storages.RDBStorage(url, **kwargs)
         return optuna.storages.RDBStorage(driver_url(url), **kwargs)
 
@@ -572,33 +564,35 @@ def tune(name: str, overrides: Sequence[str] = (), options: TuneOptions | None =
         "mxlab.pruner": _pruner_name(options.pruner), "mxlab.role": "study", "mxlab.experiment": spec.name,
         **({"mxlab.note": " ".join(notes)} if notes else {})})
     parent_id = parent.info.run_id
-    _log(f"study {study_name!r} on {redact(url)}: {len(study.get_trials(deepcopy=False))} trial(s) so far; "
-         f"{options.trials} more with {options.workers} worker(s); MLflow parent run {parent_id}")
-    with run_lifecycle(c, parent_id):
+    with run_lifecycle(c, parent_id):   # entered at once: nothing may leave the parent run RUNNING
+        _log(f"study {study_name!r} on {redact(url)}: {len(study.get_trials(deepcopy=False))} trial(s) so far; "
+             f"{options.trials} more with {options.workers} worker(s); MLflow parent run {parent_id}")
         log_params(c, parent_id, spec)
         set_tags(c, parent_id, {"mxlab.trials": options.trials, "mxlab.workers": options.workers,
                                 "mxlab.seed": options.seed, "mxlab.overrides": " ".join(overrides)})
-        if options.workers == 1:
-            study.sampler = make_sampler(options.sampler, _sampler_seed(options.seed, study, 0))
-            optimize(spec, study, trials=options.trials, timeout=options.timeout, parent_run_id=parent_id,
-                     root=root, progress=options.progress)
-        else:
-            lost = _run_workers(name, overrides, options, study_name, url, parent_id, root)
-            orphans = [t.number for t in study.get_trials(deepcopy=False)
-                       if t.state.name == "RUNNING" and t.user_attrs.get("mxlab.worker") in lost]
-            if orphans:
-                # A worker that died mid-trial leaves it RUNNING until its heartbeat is stale: wait that out
-                # and fail it here, so that nothing stays RUNNING; its retry waits for the next worker.
-                _log(f"trial(s) {orphans} lost their worker; failing them after the {2 * options.heartbeat}s "
-                     f"grace period")
-                time.sleep(2 * options.heartbeat + 1)
-                with _quiet_optuna():
-                    from optuna.storages import fail_stale_trials
+        try:
+            if options.workers == 1:
+                study.sampler = make_sampler(options.sampler, _sampler_seed(options.seed, study, 0))
+                optimize(spec, study, trials=options.trials, timeout=options.timeout, parent_run_id=parent_id,
+                         root=root, progress=options.progress)
+            else:
+                lost = _run_workers(name, overrides, options, study_name, url, parent_id, root)
+                orphans = [t.number for t in study.get_trials(deepcopy=False)
+                           if t.state.name == "RUNNING" and t.user_attrs.get("mxlab.worker") in lost]
+                if orphans:
+                    # A worker that died mid-trial leaves it RUNNING until its heartbeat is stale: wait that out
+                    # and fail it here, so that nothing stays RUNNING; its retry waits for the next worker.
+                    _log(f"trial(s) {orphans} lost their worker; failing them after the {2 * options.heartbeat}s "
+                         f"grace period")
+                    time.sleep(2 * options.heartbeat + 1)
+                    with _quiet_optuna():
+                        from optuna.storages import fail_stale_trials
 
-                    fail_stale_trials(study)
-        closed = close_stale_runs(c, exp_id, study)
-        if closed:
-            _log(f"closed {closed} child run(s) whose worker had died")
+                        fail_stale_trials(study)
+        finally:   # even when every worker failed: child runs whose trial ended must not stay RUNNING
+            closed = close_stale_runs(c, exp_id, study)
+            if closed:
+                _log(f"closed {closed} child run(s) whose worker had died")
         result = summary(study, url, parent_id)
         _log_parent_results(c, parent_id, study, result)
     return result

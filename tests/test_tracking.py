@@ -96,6 +96,13 @@ def test_final_params_and_pyfunc_reproduce_logged_test_accuracy(workspace, name)
     np.testing.assert_allclose(model.predict(X.asnumpy()), net(X).asnumpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_cli_reports_a_non_finite_loss_in_one_line(workspace):
+    out = subprocess.run([sys.executable, "-m", "mxlab.cli", "run", "linreg_scratch", "train.lr=1e6"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and "train/loss is" in out.stderr and "lower train.lr" in out.stderr
+
+
 def test_non_finite_loss_fails_the_run(workspace):
     spec = load_spec("linreg_scratch", ["train.lr=1e6"])
     with pytest.raises(FloatingPointError):
