@@ -47,7 +47,7 @@ data: $(STAMP) ## find Fashion-MNIST and the Tang poems; as root on Debian/Ubunt
 	    echo "installing the Debian packages dataset-fashion-mnist and fortunes-zh"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist fortunes-zh >/dev/null || \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist fortunes-zh >/dev/null; }; \
-	  else echo "not root or no apt-get: mxlab will download Fashion-MNIST on first use"; fi; \
+	  else echo "not root or no apt-get: mxlab downloads Fashion-MNIST on first use; the RNN experiments need the Debian package fortunes-zh (or data.corpus=jaychou)"; fi; \
 	fi
 
 exp: data ## train one experiment: make exp NAME=lenet ARGS="train.epochs=1 train.lr=0.5"

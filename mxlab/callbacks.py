@@ -64,7 +64,7 @@ class ConsoleProgress(Callback):
 class Checkpoint(Callback):
     """After every epoch: ``last.params``, ``last.states`` (optimizer) and ``last.json`` (epoch, history, RNG).
 
-    Together they resume a run at the next epoch. ``best.params`` follows the ``monitor`` metric when the run
+    Together they let training continue at the next epoch (``fit(start_epoch=...)``). ``best.params`` follows the ``monitor`` metric when the run
     produces it; ``final.params`` is written at the end. Files are replaced atomically, so a crash mid-write
     leaves the previous epoch intact.
     """

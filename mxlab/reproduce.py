@@ -1,7 +1,7 @@
 """Book parity: run experiments with the book's settings and write ``docs/results.md`` beside the book's numbers.
 
-The book's numbers are those of ``../shared/REFERENCE.md`` (d2l-zh, MXNet edition, final ``v1`` branch,
-January 2019 build; last epoch; GPU seconds per epoch). Results accumulate in ``docs/results.json``, so
+The book's numbers are those printed by *Dive into Deep Learning*, Chinese edition (d2l-zh, MXNet code, final
+``v1`` branch, January 2019 build; last epoch; GPU seconds per epoch). Results accumulate in ``docs/results.json``, so
 reproducing one experiment updates its rows and keeps the others; the Markdown table is rebuilt from it.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mxlab import devices
+from mxlab.tracking import file_lock
 from mxlab.spec import experiment_names, load_spec, workspace_root
 
 
@@ -140,16 +141,11 @@ def render(results: dict) -> str:
     lines = [
         "# Book parity",
         "",
-        "The book's numbers (d2l-zh, MXNet edition, final epoch, GPU seconds per epoch) from",
-        "`../shared/REFERENCE.md`; ours from `mxlab reproduce`, which rewrites this file. Test accuracy must reach",
-        "the book's minus 0.01 where the book has one (ours: the mean over the seeds run). Rows not run here say so:",
-        "no number is invented.",
-        "",
-        "The book's own training code (`train_ch3`: a Gluon DataLoader with ToTensor, `trainer.step(batch_size)`),",
-        "run unchanged on this machine with MXNet 1.9.1 and the same data, also lands below the book's printed test",
-        "accuracies while matching its training loss and accuracy: softmax 0.822, 0.825, 0.827 (seeds 42-44, the",
-        "seeds of our rows: mean 0.825, as ours) and 0.829, 0.828 (seeds 1-2); MLP 0.860, 0.862, 0.851 (seeds 1-3).",
-        "Those book figures came from one run each with MXNet 1.4-era builds on a GPU.",
+        "The book's numbers: *Dive into Deep Learning*, Chinese edition (d2l-zh), MXNet code, final `v1` branch,",
+        "as printed by its January 2019 build: last epoch, GPU seconds per epoch. Ours: `mxlab reproduce`, which",
+        "rewrites this file. Test accuracy must reach the book's minus 0.01 where the book has one (ours: the mean",
+        "over the seeds run). Rows not run here say so: no number is invented. The README's \"Book parity\" section",
+        "says what the book's own code gets on the same machine.",
         "",
         "| experiment | book | ours | test acc >= book - 0.01 | device | s/epoch (ours) | s/epoch (book, GPU) | note |",
         "|---|---|---|---|---|---|---|---|",
@@ -189,9 +185,10 @@ def reproduce(names: list[str] | None = None, docs: Path | None = None, seeds: i
     store = docs / "results.json"
     for row in rows_for(names):
         got = run_row(row, seeds)
-        # Read again before writing: another reproduce may have landed rows meanwhile. Each row is kept as it lands.
-        results = json.loads(store.read_text()) if store.exists() else {}
-        results[row.key] = got
-        store.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        (docs / "results.md").write_text(render(results))
+        # Each row is kept as it lands; another reproduce may have landed rows meanwhile, hence the lock.
+        with file_lock(docs / ".results.lock"):
+            results = json.loads(store.read_text()) if store.exists() else {}
+            results[row.key] = got
+            store.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+            (docs / "results.md").write_text(render(results))
     return docs / "results.md"

@@ -3,7 +3,7 @@
 Data-parallel on any list of contexts: each batch is split across them with ``split_and_load`` and one
 updater steps all copies. Loss and accuracy are summed on the device and read once per epoch. Every epoch
 reseeds mxnet, numpy and random from ``train.seed + epoch``, so an epoch's randomness depends only on its
-number: two runs with the same seed match, and a run resumed at epoch k continues as if never stopped.
+number: two runs with the same seed match, and training continued from epoch k goes on as if never stopped.
 """
 from __future__ import annotations
 

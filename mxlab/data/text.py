@@ -53,7 +53,7 @@ class Source:
     member: Optional[str] = None
 
 
-# ../shared/REFERENCE.md, "Data sources".
+# Where the book's corpora are published, with the SHA-1 of what was published there.
 SOURCES = {
     "jaychou": Source("https://raw.githubusercontent.com/d2l-ai/d2l-zh/v1/data/jaychou_lyrics.txt.zip",
                       "9529987e701a4f37048ab778270a5dde9a762a0b", "jaychou_lyrics.txt.zip", "jaychou_lyrics.txt"),
