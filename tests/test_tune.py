@@ -44,7 +44,11 @@ def test_space_errors_come_before_any_trial_or_run(workspace, capsys):
                             "search.space.train.wd.log=true", *QUICK])
     # Ends that the spec itself refuses are caught before the study, not by a failing trial.
     with pytest.raises(SpecError, match=r"search.space.train.momentum: high=1.5 .*\[0, 1\)"):
-        tune.tune("lenet", ["search.space.train.momentum.low=0.5", "search.space.train.momentum.high=1.5", *QUICK])
+        tune.tune("lenet", ["train.optimizer=momentum", "search.space.train.momentum.low=0.5",
+                            "search.space.train.momentum.high=1.5", *QUICK])
+    # Momentum is searchable only where the optimizer uses it.
+    with pytest.raises(SpecError, match="'train.momentum' cannot be searched"):
+        tune.tune("lenet", ["search.space.train.momentum.low=0.5", "search.space.train.momentum.high=0.9", *QUICK])
     # Several workers on sqlite are refused with what to do instead.
     with pytest.raises(ValueError, match="--workers 2 needs a database server.*postgresql://"):
         tune.tune("lenet", QUICK, tune.TuneOptions(workers=2))
@@ -220,11 +224,15 @@ def test_dashboard_serves_the_study_on_localhost_only(workspace):
 
 
 def test_a_metric_the_experiment_lacks_stops_the_study_after_one_trial(workspace, capsys):
-    code = cli.main(["tune", "lenet", "--trials", "3", "search.metric=val/ppl", "search.direction=minimize", *QUICK])
+    # A metric the task never reports is refused with the spec, before any trial.
+    assert cli.main(["tune", "lenet", "search.metric=val/ppl", *QUICK]) == 2
+    assert "search.metric: got 'val/ppl'; allowed: a metric of task classification" in capsys.readouterr().err
+    # One the task reports but this run does not (linreg has no test split) stops the study after one trial.
+    code = cli.main(["tune", "linreg", "--trials", "3", "search.metric=test/loss", *QUICK])
     assert code == 2
-    assert "search.metric 'val/ppl' is not among this run's metrics" in capsys.readouterr().err
-    study = optuna.load_study(study_name="lenet", storage=tune.default_storage())
+    assert "search.metric 'test/loss' is not among this run's metrics" in capsys.readouterr().err
+    study = optuna.load_study(study_name="linreg", storage=tune.default_storage())
     assert [t.state.name for t in study.trials] == ["FAIL"]   # one trial, not three
-    c, parents, children = _runs("lenet")
+    c, parents, children = _runs("linreg")
     assert [p.info.status for p in parents] == ["FAILED"]
     assert [r.data.tags["optuna.state"] for r in children] == ["FAIL"]
