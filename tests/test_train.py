@@ -109,3 +109,24 @@ def test_checkpoint_resumes_as_if_never_stopped(workspace, tmp_path, name, optim
     assert [h["epoch"] for h in resumed] == [1, 2]
     assert without_perf(resumed)[0] == without_perf(straight)[0]
     assert without_perf(resumed)[1] == pytest.approx(without_perf(straight)[1], rel=1e-6)
+
+
+def test_scratch_sgd_clips_the_mean_gradient_to_the_threshold():
+    from mxlab.models.scratch import ScratchNet, ScratchSGD
+
+    class Tiny(ScratchNet):
+        def __init__(self):
+            super().__init__()
+            self.declare("w", (3, 2))
+            self.declare("b", (2,), "zeros")
+
+    for clip, expected_norm in ((0.01, 0.01), (100.0, None)):
+        net = Tiny()
+        net.initialize(ctx=[mx.cpu()])
+        net.params["w"].grad[:] = 3.0
+        net.params["b"].grad[:] = 4.0
+        before = {k: v.copy() for k, v in net.params.items()}
+        ScratchSGD(net, lr=1.0, wd=0.0, clip=clip).step(10)
+        moved = np.concatenate([(before[k] - net.params[k]).asnumpy().ravel() for k in ("w", "b")])
+        unclipped = np.linalg.norm(np.r_[np.full(6, 3.0), np.full(2, 4.0)]) / 10   # the mean gradient's norm
+        assert np.linalg.norm(moved) == pytest.approx(expected_norm or unclipped, rel=1e-5)

@@ -87,11 +87,13 @@ class ScratchSGD:
     def step(self, batch_size: int) -> None:
         params = list(self.net.params.values())
         if self.clip:
-            # The book's grad_clipping, on the mean gradient that the step applies.
-            norm = sum((p.grad ** 2).sum() for p in params).sqrt().asscalar() / batch_size
-            if norm > self.clip:
-                for p in params:
-                    p.grad[:] *= self.clip / norm
+            # The book's grad_clipping, on the mean gradient that the step applies; the scale stays on the
+            # device (no read to the host in the hot path): min(1, clip / norm).
+            nd = import_mxnet().nd
+            norm = sum((p.grad ** 2).sum() for p in params).sqrt() / batch_size
+            scale = nd.minimum(self.clip / nd.maximum(norm, 1e-30), 1.0)
+            for p in params:
+                p.grad[:] = nd.broadcast_mul(p.grad, scale.reshape((1,) * p.grad.ndim))
         for p in params:
             p[:] = p - self.lr * p.grad / batch_size
 
