@@ -298,7 +298,7 @@ def run_experiment(spec: Spec, *, callbacks=(), tags: dict | None = None, parent
         checkpoint_dir = folder / "checkpoint"
         checkpoint = Checkpoint(checkpoint_dir, monitor=spec.search.metric, mode=spec.search.direction)
         chain = [checkpoint, MLflowLogger(c, run_id, checkpoint_dir), *callbacks]
-        if spec.task == "language_model" and spec.train.sample_every > 0:
+        if spec.train.sample_every > 0:   # the sampler refuses data without a vocabulary, clearly
             chain.append(TextSampler(folder / "samples", spec.train.sample_every, spec.train.sample_prefixes,
                                      spec.train.sample_length,
                                      on_write=lambda path, epoch: c.log_artifact(run_id, str(path), "samples")))
