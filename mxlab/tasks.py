@@ -118,7 +118,3 @@ class LanguageModelTask(Task):
 @tasks.register("language_model")
 def language_model() -> Task:
     return LanguageModelTask()
-
-
-def is_finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))

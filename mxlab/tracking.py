@@ -178,7 +178,9 @@ def run_lifecycle(c, run_id: str):
 def model_summary(net, input_shape) -> str:
     """The network's structure and a parameter table with the total count."""
     lines = [repr(net), "", f"input shape (one example): {tuple(input_shape)}", ""]
-    if getattr(net, "scratch", False):
+    from mxlab.train import is_scratch
+
+    if is_scratch(net):
         params = {name: value.shape for name, value in net.params.items()}
     else:
         params = {name: p.shape for name, p in net.collect_params().items()}

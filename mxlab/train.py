@@ -7,6 +7,7 @@ number: two runs with the same seed match, and training continued from epoch k g
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import numpy as np
 
 from mxlab.devices import import_mxnet
 from mxlab.registry import models
-from mxlab.tasks import is_finite, tasks
+from mxlab.tasks import tasks
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -226,7 +227,7 @@ def fit(spec, net, data, ctx_list: Sequence, callbacks: Sequence = (), start_epo
         seed_everything(spec.train.seed + epoch)
         epoch_start = time.perf_counter()
         metrics, count, seconds = train_epoch(state, task, loss_fn, callbacks)
-        if not is_finite(metrics["train/loss"]):
+        if not math.isfinite(metrics["train/loss"]):
             raise NonFiniteLoss(f"epoch {epoch}: train/loss is {metrics['train/loss']}; lower train.lr "
                                 f"(now {spec.train.lr}) or set train.clip_gradient")
         for split, loader in data.splits().items():

@@ -7,14 +7,14 @@ convolution); the book uses 224.
 from __future__ import annotations
 
 from mxlab.devices import import_mxnet
+from mxlab.models.options import check_dropout
 from mxlab.registry import models
 
 
 @models.register()
 def alexnet(*, dropout: float = 0.5, num_classes: int = 10):
     """The book's AlexNet: dropout ``dropout`` after each 4096-wide dense layer."""
-    if not 0 <= dropout < 1:
-        raise ValueError(f"model.dropout: got {dropout}; allowed: a number in [0, 1)")
+    check_dropout("dropout", dropout)
     nn = import_mxnet().gluon.nn
     net = nn.HybridSequential()
     with net.name_scope():

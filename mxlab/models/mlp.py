@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from mxlab.devices import import_mxnet
 from mxlab.models.scratch import ScratchNet
+from mxlab.models.options import check_dropout
 from mxlab.registry import models
 
 
@@ -20,8 +21,7 @@ def _check_options(num_hiddens: tuple[int, ...], dropout1: float, dropout2: floa
         raise ValueError(f"model.num_hiddens: got {list(num_hiddens)}; allowed: a non-empty list of integers >= 1, "
                          f"e.g. [256] or [256, 256]")
     for key, rate in (("dropout1", dropout1), ("dropout2", dropout2)):
-        if not 0 <= rate < 1:
-            raise ValueError(f"model.{key}: got {rate}; allowed: a number in [0, 1)")
+        check_dropout(key, rate)
     if dropout2 and len(num_hiddens) < 2:
         raise ValueError(f"model.dropout2: got {dropout2} but model.num_hiddens={list(num_hiddens)} has one hidden "
                          f"layer; allowed: dropout2=0 with one hidden layer, or two or more hidden layers")

@@ -5,6 +5,7 @@ pooling. Needs inputs of at least 67x67, like AlexNet; the book uses 224.
 from __future__ import annotations
 
 from mxlab.devices import import_mxnet
+from mxlab.models.options import check_dropout
 from mxlab.registry import models
 
 
@@ -19,8 +20,7 @@ def nin_block(num_channels: int, kernel_size: int, strides: int, padding: int):
 
 @models.register()
 def nin(*, dropout: float = 0.5, num_classes: int = 10):
-    if not 0 <= dropout < 1:
-        raise ValueError(f"model.dropout: got {dropout}; allowed: a number in [0, 1)")
+    check_dropout("dropout", dropout)
     nn = import_mxnet().gluon.nn
     net = nn.HybridSequential()
     with net.name_scope():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from mxlab.devices import import_mxnet
+from mxlab.models.options import check_dropout
 from mxlab.registry import models
 
 # depth -> conv_arch, the book's ((num_convs, num_channels), ...) per block; VGG-11 is the book's.
@@ -50,8 +51,7 @@ def vgg(*, depth: Literal[11, 13, 16, 19] = 11, channel_divisor: int = 4, dropou
     if channel_divisor not in (1, 2, 4, 8, 16, 32, 64):
         raise ValueError(f"model.channel_divisor: got {channel_divisor}; allowed: a power of two from 1 to 64 "
                          f"(64 channels / 64 still leaves one)")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"model.dropout: got {dropout}; allowed: a number in [0, 1)")
+    check_dropout("dropout", dropout)
     return build_vgg(VGG_SPECS[depth], channel_divisor, dropout, num_classes)
 
 
