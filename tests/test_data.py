@@ -14,6 +14,7 @@ import pytest
 
 from mxlab.data import fashion_mnist as fm
 from mxlab.data.core import ArrayLoader, DataError, hold_out
+from mxlab.data.download import Check, atomic_write
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -88,8 +89,8 @@ def test_mismatch_names_file_hash_and_the_three_ways(tiny):
 def test_verification_is_recorded_and_not_repeated(tiny, monkeypatch):
     fm.load_arrays(download=False)
     calls = []
-    real = hashlib.sha256
-    monkeypatch.setattr(fm.hashlib, "sha256", lambda data=b"": calls.append(1) or real(data))
+    real = Check.digest
+    monkeypatch.setattr(Check, "digest", lambda self, content: calls.append(1) or real(self, content))
     fm.load_arrays(download=False)
     assert calls == []
     # A changed file (new size and mtime) is hashed again, and refused.
@@ -196,3 +197,11 @@ def test_real_fashion_mnist_bundle(workspace):
     assert 0.0 <= float(X.min().asscalar()) and float(X.max().asscalar()) <= 1.0
     assert bundle.input_shape == (1, 32, 32)
     assert bundle.checksums["data.sha256.train-images-idx3-ubyte"].startswith("c59f468a")
+
+
+def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "sub" / "f.json"
+    atomic_write(target, "one")
+    with pytest.raises(TypeError):
+        atomic_write(target, 123)
+    assert target.read_text() == "one" and [p.name for p in target.parent.iterdir()] == ["f.json"]

@@ -3,23 +3,20 @@
 Sources, in order: ``MXLAB_DATA_DIR``, MXNet's cache ``~/.mxnet/datasets/fashion-mnist``, the Debian package
 ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), else a download from MXNet's mirror into
 the cache. Debian recompresses the archives, so the archives differ between sources; their content does not,
-which is why the decompressed bytes are hashed. A verified archive's size and modification time are recorded,
-so later runs skip the 50 MB hash.
+which is why the decompressed bytes are hashed. A verified archive's size and modification time are recorded
+(:mod:`mxlab.data.download`), so later runs skip the 50 MB hash.
 """
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
 import os
 import struct
-import tempfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from mxlab.data.core import ArrayLoader, DataBundle, DataError, hold_out
+from mxlab.data.download import Check, download_verified, read_verified
 from mxlab.devices import import_mxnet
 from mxlab.registry import datasets
 
@@ -45,37 +42,6 @@ def search_dirs() -> list[Path]:
     return dirs
 
 
-def _record_path() -> Path:
-    base = Path(os.environ.get("MXLAB_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mxlab")
-    return base / "verified.json"
-
-
-def _read_records() -> dict:
-    try:
-        return json.loads(_record_path().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_record(path: Path, sha256: str) -> None:
-    records = _read_records()
-    stat = path.stat()
-    records[str(path.resolve())] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
-    target = _record_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(records, tmp, indent=1)
-    os.replace(tmp.name, target)
-
-
-def _already_verified(path: Path, sha256: str) -> bool:
-    record = _read_records().get(str(path.resolve()))
-    if not record:
-        return False
-    stat = path.stat()
-    return record == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
-
-
 def how_to_provide(name: str) -> str:
     return (f"{name}.gz is needed (decompressed SHA-256 {FILES[name]}). Provide it one of three ways: "
             f"put the four files in $MXLAB_DATA_DIR; install the Debian package `dataset-fashion-mnist` "
@@ -87,44 +53,9 @@ def _base_url() -> str:
     return (base if base.endswith("/") else base + "/") + "dataset/fashion-mnist/"
 
 
-def read_verified(name: str, path: Path) -> bytes:
-    """The decompressed content of ``path``, checked against the SHA-256 of ``name`` (or a record of that)."""
-    expected = FILES[name]
-    try:
-        content = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot be decompressed ({exc}). {how_to_provide(name)}") from None
-    if not _already_verified(path, expected):
-        got = hashlib.sha256(content).hexdigest()
-        if got != expected:
-            raise DataError(f"{path}: decompressed content has SHA-256 {got}, expected {expected}. "
-                            f"{how_to_provide(name)}")
-        _write_record(path, expected)
-    return content
-
-
-def _download(name: str, target_dir: Path) -> Path:
-    url = _base_url() + name + ".gz"
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / f"{name}.gz"
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            payload = response.read()
-    except OSError as exc:
-        raise DataError(f"{name}.gz was not found in {', '.join(map(str, search_dirs()))} and the download "
-                        f"from {url} failed ({exc}). {how_to_provide(name)}") from None
-    try:
-        got = hashlib.sha256(gzip.decompress(payload)).hexdigest()
-    except (OSError, EOFError) as exc:
-        got = f"none (not a gzip archive: {exc})"
-    if got != FILES[name]:
-        # Refused before it reaches the cache, so a bad download never poisons later runs.
-        raise DataError(f"{url}: decompressed content has SHA-256 {got}, expected {FILES[name]}; nothing was "
-                        f"saved. {how_to_provide(name)}")
-    with tempfile.NamedTemporaryFile(dir=target_dir, delete=False, suffix=".part") as tmp:
-        tmp.write(payload)
-    os.replace(tmp.name, target)
-    return target
+def check(name: str) -> Check:
+    """What ``<name>.gz`` must hold: its decompressed content, by SHA-256."""
+    return Check(FILES[name], "sha256", gzip.decompress, "decompressed content")
 
 
 def locate(name: str, download: bool = True) -> Path:
@@ -135,7 +66,9 @@ def locate(name: str, download: bool = True) -> Path:
             return candidate
     if not download:
         raise DataError(f"{name}.gz was not found in {', '.join(map(str, search_dirs()))}. {how_to_provide(name)}")
-    return _download(name, mxnet_cache_dir())
+    target = mxnet_cache_dir() / f"{name}.gz"
+    download_verified(_base_url() + target.name, target, check(name), how_to_provide(name), search_dirs())
+    return target
 
 
 def parse_idx(content: bytes) -> np.ndarray:
@@ -156,7 +89,7 @@ def load_arrays(download: bool = True) -> tuple[dict[str, np.ndarray], dict[str,
     for name in FILES:
         path = locate(name, download)
         try:
-            arrays[name] = parse_idx(read_verified(name, path))
+            arrays[name] = parse_idx(read_verified(path, check(name), how_to_provide(name)))
         except DataError as exc:
             raise DataError(f"{path}: {exc}" if str(path) not in str(exc) else str(exc)) from None
     return arrays, dict(FILES)

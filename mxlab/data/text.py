@@ -11,9 +11,10 @@ Corpora (``data.corpus``):
   lower case, every other run of characters one space.
 - ``file:<path>``: any UTF-8 text file.
 
-Downloads go to ``$MXLAB_CORPUS_DIR`` (default ``~/.mxnet/datasets/<corpus>/``) and are checked by SHA-1 on
-every read; ``MXLAB_CORPUS_URL_JAYCHOU`` / ``MXLAB_CORPUS_URL_TIMEMACHINE`` replace a corpus' URL (a mirror, or a
-``file://`` URL); the SHA-1 must still match. By default newlines become spaces, as the book does for its lyrics.
+Downloads go to ``$MXLAB_CORPUS_DIR`` (default ``~/.mxnet/datasets/<corpus>/``) and are checked by SHA-1
+(:mod:`mxlab.data.download`; a file whose check is on record is not hashed again); ``MXLAB_CORPUS_URL_JAYCHOU`` /
+``MXLAB_CORPUS_URL_TIMEMACHINE`` replace a corpus' URL (a mirror, or a ``file://`` URL); the SHA-1 must still
+match. By default newlines become spaces, as the book does for its lyrics.
 
 The vocabulary is the sorted set of the training text's characters (the book's ``set`` order changes from run
 to run). With ``data.val_fraction`` > 0 the tail of the text is held out for ``val/*``; its characters that the
@@ -25,8 +26,6 @@ import hashlib
 import io
 import os
 import re
-import tempfile
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Iterator, Literal, Optional
 import numpy as np
 
 from mxlab.data.core import DataBundle, DataError
+from mxlab.data.download import Check, download_verified, read_verified
 from mxlab.devices import import_mxnet
 from mxlab.registry import datasets
 
@@ -98,44 +98,23 @@ def source_url(corpus: str) -> str:
     return os.environ.get(f"MXLAB_CORPUS_URL_{corpus.upper()}") or SOURCES[corpus].url
 
 
-def sha1_of(payload: bytes) -> str:
-    return hashlib.sha1(payload).hexdigest()
-
-
-def fetch_verified(url: str, sha1: str, target: Path, timeout: float = 30) -> bytes:
+def fetch_verified(url: str, sha1: str, target: Path, timeout: float = 30, also: str = "") -> bytes:
     """The bytes of ``target``, downloaded from ``url`` first when absent; either way checked against ``sha1``.
 
-    A download is written to a temporary file and renamed only once its hash matches, so the cache never holds
-    a partial or wrong file under the real name.
+    ``also`` adds another way to provide the file to the message of a failed download.
     """
+    check = Check(sha1, "sha1")
     if target.is_file():
-        payload = target.read_bytes()
-        got = sha1_of(payload)
-        if got != sha1:
-            raise DataError(f"{target}: SHA-1 {got}, expected {sha1}; delete the file to download it again "
-                            f"from {url}")
-        return payload
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            payload = response.read()
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{target.name} is not in {target.parent} and the download from {url} failed ({exc}); "
-                        f"put the file there by hand (SHA-1 {sha1})") from None
-    got = sha1_of(payload)
-    if got != sha1:
-        raise DataError(f"{url}: downloaded {len(payload):,} bytes with SHA-1 {got}, expected {sha1}; nothing "
-                        f"was saved to {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as tmp:
-        tmp.write(payload)
-    os.replace(tmp.name, target)
-    return payload
+        return read_verified(target, check, f"delete the file to download it again from {url}")
+    how = f"Put {target.name} in {target.parent} by hand (SHA-1 {sha1}){also}"
+    return download_verified(url, target, check, how, timeout=timeout)
 
 
 def read_downloaded(corpus: str) -> tuple[str, dict]:
     source = SOURCES[corpus]
     target = cache_dir(corpus) / source.file_name
-    payload = fetch_verified(source_url(corpus), source.sha1, target)
+    also = f", or point MXLAB_CORPUS_URL_{corpus.upper()} at a copy (a mirror or a file:// URL)"
+    payload = fetch_verified(source_url(corpus), source.sha1, target, also=also)
     if source.member:
         try:
             with zipfile.ZipFile(io.BytesIO(payload)) as archive:
