@@ -1,4 +1,4 @@
-"""Fashion-MNIST location, verification and device batching, on tiny IDX files the tests write."""
+"""Fashion-MNIST location, verification and device batching on tiny IDX files the tests write; the split rule."""
 from __future__ import annotations
 
 import contextlib
@@ -8,13 +8,16 @@ import http.server
 import struct
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from mxlab.data import fashion_mnist as fm
-from mxlab.data.core import ArrayLoader, DataError, hold_out
+from mxlab.data.core import ArrayLoader, DataError, hold_out, make_splits, val_size
 from mxlab.data.download import Check, atomic_write
+from mxlab.data.synthetic import synthetic_linear
+from mxlab.data.text import char_corpus
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -197,6 +200,84 @@ def test_real_fashion_mnist_bundle(workspace):
     assert 0.0 <= float(X.min().asscalar()) and float(X.max().asscalar()) <= 1.0
     assert bundle.input_shape == (1, 32, 32)
     assert bundle.checksums["data.sha256.train-images-idx3-ubyte"].startswith("c59f468a")
+
+
+# ---------------------------------------------------------------- the split rule, for every dataset
+
+def data_section(limit=None, val_fraction=0.0):
+    """The spec's ``data`` fields the builders read."""
+    return SimpleNamespace(batch_size=2, limit=limit, val_fraction=val_fraction, options={})
+
+
+def positions(part: np.ndarray, whole: np.ndarray) -> list[int]:
+    """Where each example of ``part`` stands in ``whole`` (the examples are distinct)."""
+    index = {row.tobytes(): i for i, row in enumerate(whole.reshape(len(whole), -1))}
+    return [index[row.tobytes()] for row in part.reshape(len(part), -1)]
+
+
+def assert_rule(build, train_X: np.ndarray, test_X: np.ndarray):
+    """val held out of the full training split first, then every split capped; val_fraction 0 is the full data."""
+    full = build(data_section())
+    np.testing.assert_array_equal(full.train.X.asnumpy().reshape(train_X.shape), train_X)
+    np.testing.assert_array_equal(full.test.X.asnumpy().reshape(test_X.shape), test_X)
+    assert full.val is None
+
+    n = len(train_X)
+    held = build(data_section(val_fraction=0.25))
+    train, val = positions(held.train.X.asnumpy(), train_X), positions(held.val.X.asnumpy(), train_X)
+    assert len(val) == round(n * 0.25) and sorted(train + val) == list(range(n))
+
+    limit = len(val) - 1
+    capped = build(data_section(limit=limit, val_fraction=0.25))
+    assert positions(capped.train.X.asnumpy(), train_X) == train[:limit]
+    assert positions(capped.val.X.asnumpy(), train_X) == val[:limit]
+    assert positions(capped.test.X.asnumpy(), test_X) == list(range(limit))
+    # A limit alone caps train and test to their heads.
+    only = build(data_section(limit=limit))
+    assert positions(only.train.X.asnumpy(), train_X) == list(range(limit)) and only.val is None
+
+
+def test_split_rule_fashion_mnist(tiny):
+    import mxnet as mx
+
+    _, arrays = tiny
+    assert_rule(lambda data: fm.fashion_mnist(data, mx.cpu(), 0), arrays["train-images-idx3-ubyte"].astype(np.uint8),
+                arrays["t10k-images-idx3-ubyte"].astype(np.uint8))
+
+
+def test_split_rule_synthetic_linear():
+    import mxnet as mx
+
+    X = np.random.RandomState(3).normal(size=(50, 2)).astype(np.float32)   # the builder's first draws
+    assert_rule(lambda data: synthetic_linear(data, mx.cpu(), 3, num_train=40, num_test=10), X[:40], X[40:])
+
+
+def test_split_rule_char_corpus(tmp_path):
+    import mxnet as mx
+
+    corpus = "abcdefghij" * 20
+    (tmp_path / "c.txt").write_text(corpus)
+
+    def text_of(data):
+        bundle = char_corpus(data, mx.cpu(), 0, corpus=f"file:{tmp_path / 'c.txt'}", num_steps=3)
+        chars = bundle.extra["idx_to_char"]
+        return [None if loader is None else "".join(chars[int(i)] for i in loader.corpus.asnumpy())
+                for loader in (bundle.train, bundle.val)]
+
+    assert text_of(data_section()) == [corpus, None]
+    assert text_of(data_section(val_fraction=0.25)) == [corpus[:150], corpus[150:]]
+    # The tail of the full text is held out, then each part capped.
+    assert text_of(data_section(limit=30, val_fraction=0.25)) == [corpus[:30], corpus[150:180]]
+    assert text_of(data_section(limit=30)) == [corpus[:30], None]
+
+
+def test_make_splits_on_its_own():
+    X, y = np.arange(20).reshape(20, 1), np.arange(20)
+    train, val, test = make_splits(data_section(limit=3, val_fraction=0.5), 0, (X, y), (X[:5], y[:5]))
+    assert [len(part[0]) for part in (train, val, test)] == [3, 3, 3]
+    assert not set(train[1]) & set(val[1])
+    assert val_size(20, 0.0) == 0 and val_size(20, 0.01) == 1 and val_size(20, 0.5) == 10
+    assert make_splits(data_section(), 0, (X, y)) == ((X, y), None, None)
 
 
 def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):

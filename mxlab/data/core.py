@@ -1,4 +1,14 @@
-"""Device-resident batching shared by the datasets.
+"""What the datasets share: the split rule and device-resident batching.
+
+The split rule, the same for every dataset (:func:`make_splits`):
+
+1. ``data.val_fraction`` holds out ``max(1, round(n * val_fraction))`` of the *full* training split (none at
+   0): a seeded permutation of the examples, or the tail of a text (so validation continues where training
+   stops). The test split is never touched.
+2. ``data.limit`` then caps each split -- train, val, test -- to its first ``limit`` examples (characters for
+   a corpus).
+
+With ``val_fraction: 0`` and no limit (the book's settings) every dataset is exactly its full data.
 
 A split is copied to the training device once, in its stored dtype (uint8 images stay uint8). Each epoch
 shuffles an index on the device and takes batches with it; the per-batch transform (scale to [0, 1], resize,
@@ -62,14 +72,42 @@ class DataBundle:
                 if loader is not None}
 
 
+def val_size(n: int, val_fraction: float) -> int:
+    """How many of ``n`` training examples the rule holds out: none at 0, else at least one."""
+    return max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0
+
+
 def hold_out(X: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
     """Split off a seeded ``val_fraction`` of (X, y): returns (X_train, y_train, X_val, y_val)."""
-    if val_fraction <= 0:
+    n_val = val_size(len(X), val_fraction)
+    if not n_val:
         return X, y, None, None
     order = np.random.RandomState(seed).permutation(len(X))
-    n_val = max(1, int(round(len(X) * val_fraction)))
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
     return X[train], y[train], X[val], y[val]
+
+
+Split = Optional[tuple]     # parallel sequences of one split, (X, y) or (text,); None when absent
+
+
+def make_splits(data, seed: int, train: tuple, test: Split = None, tail: bool = False) -> tuple[tuple, Split, Split]:
+    """(train, val, test) by the module's rule, with ``data.val_fraction`` and ``data.limit`` of the spec.
+
+    ``tail`` holds out the end of an ordered sequence (a text) instead of a seeded sample of examples.
+    """
+    if tail:
+        n = len(train[0])
+        cut = n - val_size(n, data.val_fraction)
+        val = tuple(part[cut:] for part in train) if cut < n else None
+        train = tuple(part[:cut] for part in train)
+    else:
+        X, y, X_val, y_val = hold_out(*train, data.val_fraction, seed)
+        train, val = (X, y), ((X_val, y_val) if X_val is not None else None)
+
+    def cap(split: Split) -> Split:
+        return split if split is None or not data.limit else tuple(part[:data.limit] for part in split)
+
+    return cap(train), cap(val), cap(test)
 
 
 def load_data(spec, ctx) -> DataBundle:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mxlab.data.core import ArrayLoader, DataBundle, DataError, hold_out
+from mxlab.data.core import ArrayLoader, DataBundle, DataError, make_splits
 from mxlab.data.download import Check, download_verified, read_verified
 from mxlab.devices import import_mxnet
 from mxlab.registry import datasets
@@ -115,18 +115,14 @@ def fashion_mnist(data, ctx, seed: int, *, resize: int | None = None, normalize:
     """Fashion-MNIST (60,000 train / 10,000 test, 1x28x28, 10 classes); ``resize`` to a square side on the device.
 
     ``normalize`` standardises by the training split's mean and standard deviation (the book does not).
+    ``data.val_fraction`` and ``data.limit`` follow the rule of :mod:`mxlab.data.core`.
     """
     if resize is not None and not 8 <= resize <= 512:
         raise ValueError(f"data.resize: got {resize}; allowed: null or an integer in [8, 512]")
     arrays, checksums = load_arrays()
-    X_train = arrays["train-images-idx3-ubyte"][:, None]
-    y_train = arrays["train-labels-idx1-ubyte"]
-    X_test, y_test = arrays["t10k-images-idx3-ubyte"][:, None], arrays["t10k-labels-idx1-ubyte"]
-    X_train, y_train, X_val, y_val = hold_out(X_train, y_train, data.val_fraction, seed)
-    if data.limit:
-        X_train, y_train, X_test, y_test = (a[:data.limit] for a in (X_train, y_train, X_test, y_test))
-        if X_val is not None:
-            X_val, y_val = X_val[:data.limit], y_val[:data.limit]
+    (X_train, y_train), val, (X_test, y_test) = make_splits(
+        data, seed, (arrays["train-images-idx3-ubyte"][:, None], arrays["train-labels-idx1-ubyte"]),
+        (arrays["t10k-images-idx3-ubyte"][:, None], arrays["t10k-labels-idx1-ubyte"]))
     mean = std = None
     if normalize:
         scaled = X_train.astype(np.float32) / 255
@@ -136,7 +132,7 @@ def fashion_mnist(data, ctx, seed: int, *, resize: int | None = None, normalize:
     side = resize or 28
     return DataBundle(
         train=ArrayLoader(X_train, y_train, bs, ctx, shuffle=True, transform=transform),
-        val=ArrayLoader(X_val, y_val, bs, ctx, shuffle=False, transform=transform) if X_val is not None else None,
+        val=ArrayLoader(*val, bs, ctx, shuffle=False, transform=transform) if val else None,
         test=ArrayLoader(X_test, y_test, bs, ctx, shuffle=False, transform=transform),
         input_shape=(1, side, side),
         checksums={f"data.sha256.{name}": digest for name, digest in checksums.items()},

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mxlab.data.core import ArrayLoader, DataBundle, hold_out
+from mxlab.data.core import ArrayLoader, DataBundle, make_splits
 from mxlab.registry import datasets
 
 
@@ -11,7 +11,11 @@ from mxlab.registry import datasets
 def synthetic_linear(data, ctx, seed: int, *, true_w: tuple[float, ...] = (2.0, -3.4), true_b: float = 4.2,
                      num_inputs: int | None = None, noise: float = 0.01, num_train: int = 1000,
                      num_test: int = 0) -> DataBundle:
-    """``true_w`` of length 1 with ``num_inputs`` set fills every weight with that value (the book's 200-dim case)."""
+    """``true_w`` of length 1 with ``num_inputs`` set fills every weight with that value (the book's 200-dim case).
+
+    The first ``num_train`` draws train, the next ``num_test`` test; ``data.val_fraction`` and ``data.limit``
+    follow the rule of :mod:`mxlab.data.core`.
+    """
     if num_inputs is None:
         num_inputs = len(true_w)
     if len(true_w) not in (1, num_inputs):
@@ -23,15 +27,13 @@ def synthetic_linear(data, ctx, seed: int, *, true_w: tuple[float, ...] = (2.0, 
     X = rng.normal(size=(num_train + num_test, num_inputs))
     y = X @ w + true_b + rng.normal(scale=noise, size=len(X))
     X, y = X.astype(np.float32), y.astype(np.float32)
-    if data.limit:
-        num_train, num_test = min(num_train, data.limit), min(num_test, data.limit)
-    X_train, y_train, X_test, y_test = X[:num_train], y[:num_train], X[-num_test:], y[-num_test:]
-    X_train, y_train, X_val, y_val = hold_out(X_train, y_train, data.val_fraction, seed)
+    test = (X[num_train:], y[num_train:]) if num_test else None
+    train, val, test = make_splits(data, seed, (X[:num_train], y[:num_train]), test)
     bs = data.batch_size
     return DataBundle(
-        train=ArrayLoader(X_train, y_train, bs, ctx, shuffle=True),
-        val=ArrayLoader(X_val, y_val, bs, ctx, shuffle=False) if X_val is not None else None,
-        test=ArrayLoader(X_test, y_test, bs, ctx, shuffle=False) if num_test else None,
+        train=ArrayLoader(*train, bs, ctx, shuffle=True),
+        val=ArrayLoader(*val, bs, ctx, shuffle=False) if val else None,
+        test=ArrayLoader(*test, bs, ctx, shuffle=False) if test else None,
         input_shape=(num_inputs,),
         extra={"true_w": w.tolist(), "true_b": true_b},
     )

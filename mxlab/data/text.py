@@ -17,8 +17,9 @@ Downloads go to ``$MXLAB_CORPUS_DIR`` (default ``~/.mxnet/datasets/<corpus>/``) 
 match. By default newlines become spaces, as the book does for its lyrics.
 
 The vocabulary is the sorted set of the training text's characters (the book's ``set`` order changes from run
-to run). With ``data.val_fraction`` > 0 the tail of the text is held out for ``val/*``; its characters that the
-training text never shows are dropped, and their number is recorded in ``extra['val_dropped_chars']``.
+to run). With ``data.val_fraction`` > 0 the tail of the text is held out for ``val/*``, before ``data.limit``
+caps each part (the rule of :mod:`mxlab.data.core`); the val characters that the training text never shows are
+dropped, and their number is recorded in ``extra['val_dropped_chars']``.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from typing import Iterator, Literal, Optional
 
 import numpy as np
 
-from mxlab.data.core import DataBundle, DataError
+from mxlab.data.core import DataBundle, DataError, make_splits
 from mxlab.data.download import Check, download_verified, read_verified
 from mxlab.devices import import_mxnet
 from mxlab.registry import datasets
@@ -259,8 +260,8 @@ def char_corpus(data, ctx, seed: int, *, corpus: str = "tang300", num_steps: int
                 newlines: Literal["space", "keep"] = "space") -> DataBundle:
     """A character corpus as (X, Y) index batches; ``extra`` carries ``vocab_size``, ``idx_to_char``, ``char_to_idx``.
 
-    ``max_chars`` keeps the corpus' first characters (the book's jaychou: 10,000); ``data.limit`` caps them too,
-    before ``data.val_fraction`` holds out the tail, so a limited run keeps a val split of the same share.
+    ``max_chars`` keeps the corpus' first characters (the book's jaychou: 10,000): that is the full text.
+    ``data.val_fraction`` holds out its tail, then ``data.limit`` caps each part (:mod:`mxlab.data.core`).
     """
     if num_steps < 1:
         raise ValueError(f"data.num_steps: got {num_steps}; allowed: an integer >= 1")
@@ -269,19 +270,16 @@ def char_corpus(data, ctx, seed: int, *, corpus: str = "tang300", num_steps: int
     text, checksums = read_corpus(corpus)
     if newlines == "space":
         text = text.replace("\r", " ").replace("\n", " ")
-    for cap in (max_chars, data.limit):
-        if cap:
-            text = text[:cap]
-    n_val = int(round(len(text) * data.val_fraction))
-    train_text, val_text = text[:len(text) - n_val], text[len(text) - n_val:]
+    if max_chars:
+        text = text[:max_chars]
+    (train_text,), val, _ = make_splits(data, seed, (text,), tail=True)
+    val_text = val[0] if val else ""
     vocab = Vocab.build(train_text)
     val_indices = vocab.encode(val_text)
     bs = data.batch_size
-    train = CharLoader(vocab.encode(train_text), bs, num_steps, sampling, ctx, "train")
-    val = CharLoader(val_indices, bs, num_steps, sampling, ctx, "val") if n_val else None
     return DataBundle(
-        train=train,
-        val=val,
+        train=CharLoader(vocab.encode(train_text), bs, num_steps, sampling, ctx, "train"),
+        val=CharLoader(val_indices, bs, num_steps, sampling, ctx, "val") if val else None,
         input_shape=(num_steps,),
         checksums=checksums,
         extra={
