@@ -6,7 +6,8 @@ convolution); the book uses 224.
 """
 from __future__ import annotations
 
-from mxlab.devices import import_mxnet
+from mxnet.gluon import nn
+
 from mxlab.models.options import check_dropout
 from mxlab.registry import models
 
@@ -15,7 +16,6 @@ from mxlab.registry import models
 def alexnet(*, dropout: float = 0.5, num_classes: int = 10):
     """The book's AlexNet: dropout ``dropout`` after each 4096-wide dense layer."""
     check_dropout("dropout", dropout)
-    nn = import_mxnet().gluon.nn
     net = nn.HybridSequential()
     with net.name_scope():
         net.add(

@@ -14,17 +14,16 @@ divide by sqrt(eps) if the network were evaluated before any training step).
 """
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
-from mxlab.devices import import_mxnet
+from mxnet import autograd, init, nd
+from mxnet.gluon import nn
+
 from mxlab.registry import models
 
 
 def batch_norm(X, gamma, beta, moving_mean, moving_var, eps: float, momentum: float):
     """The book's ``batch_norm``: returns ``(Y, new_moving_mean, new_moving_var)``."""
-    mx = import_mxnet()
-    nd, autograd = mx.nd, mx.autograd
     if not autograd.is_training():
         X_hat = (X - moving_mean) / nd.sqrt(moving_var + eps)
         return gamma * X_hat + beta, moving_mean, moving_var
@@ -41,50 +40,37 @@ def batch_norm(X, gamma, beta, moving_mean, moving_var, eps: float, momentum: fl
     return gamma * X_hat + beta, moving_mean, moving_var
 
 
-@functools.cache
-def _batchnorm_class():
-    mx = import_mxnet()
-    nn, init = mx.gluon.nn, mx.init
+class BatchNorm(nn.Block):
+    """Scratch batch norm over ``num_features`` features (``num_dims=2``) or channels (``num_dims=4``)."""
 
-    class BatchNorm(nn.Block):
-        """Scratch batch norm over ``num_features`` features (``num_dims=2``) or channels (``num_dims=4``)."""
+    def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.9, **kwargs):
+        super().__init__(**kwargs)
+        if num_dims not in (2, 4):
+            raise ValueError(f"BatchNorm num_dims: got {num_dims}; allowed: 2 (after Dense) or 4 (after Conv2D)")
+        shape = (1, num_features) if num_dims == 2 else (1, num_features, 1, 1)
+        self.eps, self.momentum = eps, momentum
+        with self.name_scope():
+            self.gamma = self.params.get("gamma", shape=shape, init=init.One())
+            self.beta = self.params.get("beta", shape=shape, init=init.Zero())
+            self.moving_mean = self.params.get("moving_mean", shape=shape, init=init.Zero(),
+                                               grad_req="null", differentiable=False)
+            self.moving_var = self.params.get("moving_var", shape=shape, init=init.One(),
+                                              grad_req="null", differentiable=False)
 
-        def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.9, **kwargs):
-            super().__init__(**kwargs)
-            if num_dims not in (2, 4):
-                raise ValueError(f"BatchNorm num_dims: got {num_dims}; allowed: 2 (after Dense) or 4 (after Conv2D)")
-            shape = (1, num_features) if num_dims == 2 else (1, num_features, 1, 1)
-            self.eps, self.momentum = eps, momentum
-            with self.name_scope():
-                self.gamma = self.params.get("gamma", shape=shape, init=init.One())
-                self.beta = self.params.get("beta", shape=shape, init=init.Zero())
-                self.moving_mean = self.params.get("moving_mean", shape=shape, init=init.Zero(),
-                                                   grad_req="null", differentiable=False)
-                self.moving_var = self.params.get("moving_var", shape=shape, init=init.One(),
-                                                  grad_req="null", differentiable=False)
-
-        def forward(self, X):
-            ctx = X.context
-            moving_mean, moving_var = self.moving_mean.data(ctx), self.moving_var.data(ctx)
-            Y, new_mean, new_var = batch_norm(X, self.gamma.data(ctx), self.beta.data(ctx), moving_mean,
-                                              moving_var, self.eps, self.momentum)
-            if new_mean is not moving_mean:
-                # Written in place into this device's copy, so every device keeps its own running statistics.
-                moving_mean[:] = new_mean
-                moving_var[:] = new_var
-            return Y
-
-    return BatchNorm
-
-
-def BatchNorm(num_features: int, num_dims: int, **kwargs):
-    """The scratch batch-norm layer (the class is made on first use, so importing the zoo does not import mxnet)."""
-    return _batchnorm_class()(num_features, num_dims, **kwargs)
+    def forward(self, X):
+        ctx = X.context
+        moving_mean, moving_var = self.moving_mean.data(ctx), self.moving_var.data(ctx)
+        Y, new_mean, new_var = batch_norm(X, self.gamma.data(ctx), self.beta.data(ctx), moving_mean,
+                                          moving_var, self.eps, self.momentum)
+        if new_mean is not moving_mean:
+            # Written in place into this device's copy, so every device keeps its own running statistics.
+            moving_mean[:] = new_mean
+            moving_var[:] = new_var
+        return Y
 
 
 def bn_lenet(norm: Literal["scratch", "gluon"], num_classes: int = 10):
     """The book's BN-LeNet: batch norm after each convolution and dense layer, before the sigmoid."""
-    nn = import_mxnet().gluon.nn
     if norm == "scratch":
         net = nn.Sequential()   # a plain Block: the scratch layer cannot be hybridized
         layer = BatchNorm
@@ -104,7 +90,7 @@ def bn_lenet(norm: Literal["scratch", "gluon"], num_classes: int = 10):
 
 @models.register()
 def batchnorm_scratch(*, num_classes: int = 10):
-    """BN-LeNet with the scratch :func:`BatchNorm` layer."""
+    """BN-LeNet with the scratch :class:`BatchNorm` layer."""
     return bn_lenet("scratch", num_classes)
 
 

@@ -6,51 +6,36 @@ transition after every block but the last. The book trains on 96x96; 32x32 keeps
 """
 from __future__ import annotations
 
-import functools
+from mxnet.gluon import nn
 
-from mxlab.devices import import_mxnet
 from mxlab.registry import models
-
 
 
 def conv_block(num_channels: int):
     """Batch norm, relu, 3x3 convolution: the "pre-activation" order the book uses."""
-    nn = import_mxnet().gluon.nn
     blk = nn.HybridSequential(prefix="")
     blk.add(nn.BatchNorm(), nn.Activation("relu"), nn.Conv2D(num_channels, kernel_size=3, padding=1))
     return blk
 
 
-@functools.cache
-def _dense_block_class():
-    nn = import_mxnet().gluon.nn
+class DenseBlock(nn.HybridBlock):
+    """``num_convs`` conv blocks; each sees the concatenation of the block's input and all earlier outputs."""
 
-    class DenseBlock(nn.HybridBlock):
-        """``num_convs`` conv blocks; each sees the concatenation of the block's input and all earlier outputs."""
+    def __init__(self, num_convs: int, num_channels: int, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.net = nn.HybridSequential(prefix="")
+            for _ in range(num_convs):
+                self.net.add(conv_block(num_channels))
 
-        def __init__(self, num_convs: int, num_channels: int, **kwargs):
-            super().__init__(**kwargs)
-            with self.name_scope():
-                self.net = nn.HybridSequential(prefix="")
-                for _ in range(num_convs):
-                    self.net.add(conv_block(num_channels))
-
-        def hybrid_forward(self, F, X):
-            for blk in self.net:
-                Y = blk(X)
-                X = F.concat(X, Y, dim=1)  # channels grow by num_channels per conv block
-            return X
-
-    return DenseBlock
-
-
-def DenseBlock(num_convs: int, num_channels: int, **kwargs):
-    """A dense block (the class is made on first use, so importing the zoo does not import mxnet)."""
-    return _dense_block_class()(num_convs, num_channels, **kwargs)
+    def hybrid_forward(self, F, X):
+        for blk in self.net:
+            Y = blk(X)
+            X = F.concat(X, Y, dim=1)  # channels grow by num_channels per conv block
+        return X
 
 
 def transition_block(num_channels: int):
-    nn = import_mxnet().gluon.nn
     blk = nn.HybridSequential(prefix="")
     blk.add(nn.BatchNorm(), nn.Activation("relu"), nn.Conv2D(num_channels, kernel_size=1),
             nn.AvgPool2D(pool_size=2, strides=2))
@@ -69,7 +54,6 @@ def densenet(*, growth_rate: int = 32, num_convs: tuple[int, ...] = (4, 4, 4, 4)
                          f"one per dense block, e.g. [4, 4, 4, 4]")
     if num_channels < 2:
         raise ValueError(f"model.num_channels: got {num_channels}; allowed: an integer >= 2")
-    nn = import_mxnet().gluon.nn
     net = nn.HybridSequential()
     with net.name_scope():
         net.add(nn.Conv2D(num_channels, kernel_size=7, strides=2, padding=3), nn.BatchNorm(),

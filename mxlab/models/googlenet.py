@@ -7,9 +7,8 @@ keeps every stage at least 1x1.
 """
 from __future__ import annotations
 
-import functools
+from mxnet.gluon import nn
 
-from mxlab.devices import import_mxnet
 from mxlab.registry import models
 
 # Per stage, the (c1, (c2a, c2b), (c3a, c3b), c4) output channels of each Inception block, as in the book.
@@ -21,42 +20,30 @@ INCEPTION_STAGES = (
 )
 
 
-@functools.cache
-def _inception_class():
-    nn = import_mxnet().gluon.nn
+class Inception(nn.HybridBlock):
+    """Four parallel paths; ``c1`` .. ``c4`` are their output channels (``c2``, ``c3`` are pairs)."""
 
-    class Inception(nn.HybridBlock):
-        """Four parallel paths; ``c1`` .. ``c4`` are their output channels (``c2``, ``c3`` are pairs)."""
+    def __init__(self, c1, c2, c3, c4, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.p1_1 = nn.Conv2D(c1, kernel_size=1, activation="relu")
+            self.p2_1 = nn.Conv2D(c2[0], kernel_size=1, activation="relu")
+            self.p2_2 = nn.Conv2D(c2[1], kernel_size=3, padding=1, activation="relu")
+            self.p3_1 = nn.Conv2D(c3[0], kernel_size=1, activation="relu")
+            self.p3_2 = nn.Conv2D(c3[1], kernel_size=5, padding=2, activation="relu")
+            self.p4_1 = nn.MaxPool2D(pool_size=3, strides=1, padding=1)
+            self.p4_2 = nn.Conv2D(c4, kernel_size=1, activation="relu")
 
-        def __init__(self, c1, c2, c3, c4, **kwargs):
-            super().__init__(**kwargs)
-            with self.name_scope():
-                self.p1_1 = nn.Conv2D(c1, kernel_size=1, activation="relu")
-                self.p2_1 = nn.Conv2D(c2[0], kernel_size=1, activation="relu")
-                self.p2_2 = nn.Conv2D(c2[1], kernel_size=3, padding=1, activation="relu")
-                self.p3_1 = nn.Conv2D(c3[0], kernel_size=1, activation="relu")
-                self.p3_2 = nn.Conv2D(c3[1], kernel_size=5, padding=2, activation="relu")
-                self.p4_1 = nn.MaxPool2D(pool_size=3, strides=1, padding=1)
-                self.p4_2 = nn.Conv2D(c4, kernel_size=1, activation="relu")
-
-        def hybrid_forward(self, F, x):
-            p1 = self.p1_1(x)
-            p2 = self.p2_2(self.p2_1(x))
-            p3 = self.p3_2(self.p3_1(x))
-            p4 = self.p4_2(self.p4_1(x))
-            return F.concat(p1, p2, p3, p4, dim=1)  # the four paths side by side on the channel axis
-
-    return Inception
-
-
-def Inception(c1, c2, c3, c4, **kwargs):
-    """An Inception block (the class is made on first use so importing the zoo does not import mxnet)."""
-    return _inception_class()(c1, c2, c3, c4, **kwargs)
+    def hybrid_forward(self, F, x):
+        p1 = self.p1_1(x)
+        p2 = self.p2_2(self.p2_1(x))
+        p3 = self.p3_2(self.p3_1(x))
+        p4 = self.p4_2(self.p4_1(x))
+        return F.concat(p1, p2, p3, p4, dim=1)  # the four paths side by side on the channel axis
 
 
 @models.register()
 def googlenet(*, num_classes: int = 10):
-    nn = import_mxnet().gluon.nn
     net = nn.HybridSequential()
     with net.name_scope():
         b1 = nn.HybridSequential(prefix="b1_")

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mxlab.devices import import_mxnet
+from mxnet.gluon import nn
+
 from mxlab.registry import models
 
 
 @models.register()
 def lenet(*, activation: Literal["sigmoid", "relu"] = "sigmoid", num_classes: int = 10):
-    nn = import_mxnet().gluon.nn
     net = nn.HybridSequential()
     net.add(
         nn.Conv2D(channels=6, kernel_size=5, activation=activation),

@@ -1,9 +1,9 @@
 """Linear regression and softmax regression, from scratch and with Gluon (book chapter 3)."""
 from __future__ import annotations
 
-import functools
+from mxnet import init, nd
+from mxnet.gluon import nn
 
-from mxlab.devices import import_mxnet
 from mxlab.models.scratch import ScratchNet
 from mxlab.registry import models
 
@@ -19,13 +19,12 @@ class LinearRegressionScratch(ScratchNet):
         super().initialize(ctx, **kwargs)
         if self.init_sigma is not None:
             # The weight-decay chapter starts from w ~ N(0, 1), not the usual N(0, 0.01^2).
-            mx = import_mxnet()
-            w = mx.nd.random.normal(scale=self.init_sigma, shape=self.params["w"].shape, ctx=self.ctx)
+            w = nd.random.normal(scale=self.init_sigma, shape=self.params["w"].shape, ctx=self.ctx)
             w.attach_grad()
             self.params["w"] = w
 
     def forward(self, X):
-        return import_mxnet().nd.dot(X, self.params["w"]) + self.params["b"]
+        return nd.dot(X, self.params["w"]) + self.params["b"]
 
     def epoch_metrics(self) -> dict[str, float]:
         """The weight-decay chapter's measure: the L2 norm of w (the bias is not decayed)."""
@@ -47,17 +46,11 @@ def linreg_scratch(*, num_inputs: int = 2, init_sigma: float | None = None) -> S
     return LinearRegressionScratch(num_inputs, init_sigma)
 
 
-@functools.cache
-def _linear_regression_class():
-    nn = import_mxnet().gluon.nn
+class LinearRegression(nn.HybridSequential):
+    """``nn.Dense`` in a Sequential that also reports the L2 norm of its weight after each epoch."""
 
-    class LinearRegression(nn.HybridSequential):
-        """``nn.Dense`` in a Sequential that also reports the L2 norm of its weight after each epoch."""
-
-        def epoch_metrics(self) -> dict[str, float]:
-            return {"l2_norm_w": float(self[0].weight.data().norm().asscalar())}
-
-    return LinearRegression
+    def epoch_metrics(self) -> dict[str, float]:
+        return {"l2_norm_w": float(self[0].weight.data().norm().asscalar())}
 
 
 @models.register()
@@ -68,11 +61,10 @@ def linreg(*, num_outputs: int = 1, init_sigma: float | None = None):
     uses 1); the bias starts at 0 either way.
     """
     _check_sigma(init_sigma)
-    mx = import_mxnet()
-    net = _linear_regression_class()(prefix="linreg_")
-    weight_init = mx.init.Normal(init_sigma) if init_sigma is not None else None
+    net = LinearRegression(prefix="linreg_")
+    weight_init = init.Normal(init_sigma) if init_sigma is not None else None
     with net.name_scope():
-        net.add(mx.gluon.nn.Dense(num_outputs, weight_initializer=weight_init))
+        net.add(nn.Dense(num_outputs, weight_initializer=weight_init))
     return net
 
 
@@ -83,13 +75,12 @@ class SoftmaxRegressionScratch(ScratchNet):
         self.declare("b", (num_outputs,), "zeros")
 
     def forward(self, X):
-        nd = import_mxnet().nd
         return softmax_rows(nd.dot(X.reshape((-1, self.params["W"].shape[0])), self.params["W"]) + self.params["b"])
 
     @staticmethod
     def loss(y_hat, y):
         """The book's ``cross_entropy``: -log of the probability given to the true class."""
-        return -import_mxnet().nd.pick(y_hat, y).log()
+        return -nd.pick(y_hat, y).log()
 
 
 def softmax_rows(X):
@@ -106,7 +97,6 @@ def softmax_scratch(*, num_inputs: int = 784, num_outputs: int = 10) -> ScratchN
 @models.register()
 def softmax(*, num_outputs: int = 10):
     """``Flatten`` + ``Dense(10)``; Gluon's cross-entropy applies the softmax inside the loss, stably."""
-    nn = import_mxnet().gluon.nn
     net = nn.HybridSequential()
     net.add(nn.Flatten(), nn.Dense(num_outputs))
     return net

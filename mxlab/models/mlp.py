@@ -8,7 +8,9 @@ error rather than a silently unused option.
 """
 from __future__ import annotations
 
-from mxlab.devices import import_mxnet
+from mxnet import autograd, nd
+from mxnet.gluon import nn
+
 from mxlab.models.scratch import ScratchNet
 from mxlab.models.options import check_dropout
 from mxlab.registry import models
@@ -30,12 +32,11 @@ def _check_options(num_hiddens: tuple[int, ...], dropout1: float, dropout2: floa
 
 def relu(X):
     """The book's ``relu``: ``nd.maximum(X, 0)``."""
-    return import_mxnet().nd.maximum(X, 0)
+    return nd.maximum(X, 0)
 
 
 def dropout(X, drop_prob: float):
     """The book's ``dropout``: zero each element with probability ``drop_prob``, scale the rest by 1/(1-p)."""
-    nd = import_mxnet().nd
     if not 0 <= drop_prob <= 1:
         raise ValueError(f"drop_prob: got {drop_prob}; allowed: a number in [0, 1]")
     keep_prob = 1 - drop_prob
@@ -58,8 +59,7 @@ class MLPScratch(ScratchNet):
         self.num_layers = len(widths) - 1
 
     def forward(self, X):
-        nd = import_mxnet().nd
-        is_training = import_mxnet().autograd.is_training()
+        is_training = autograd.is_training()
         H = X.reshape((-1, self.num_inputs))
         for i in range(1, self.num_layers):
             H = relu(nd.dot(H, self.params[f"W{i}"]) + self.params[f"b{i}"])
@@ -92,7 +92,6 @@ def mlp(*, num_hiddens: tuple[int, ...] = (256,), num_outputs: int = 10, dropout
         dropout2: float = 0.0):
     """``Dense(h, relu)`` per hidden layer (the first flattens the images), each followed by ``Dropout`` when its
     rate is > 0, then ``Dense(num_outputs)``; initialised by ``train.init`` (the book: normal)."""
-    nn = import_mxnet().gluon.nn
     drop_probs = _check_options(num_hiddens, dropout1, dropout2)
     net = nn.HybridSequential()
     with net.name_scope():

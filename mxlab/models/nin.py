@@ -4,13 +4,13 @@ pooling. Needs inputs of at least 67x67, like AlexNet; the book uses 224.
 """
 from __future__ import annotations
 
-from mxlab.devices import import_mxnet
+from mxnet.gluon import nn
+
 from mxlab.models.options import check_dropout
 from mxlab.registry import models
 
 
 def nin_block(num_channels: int, kernel_size: int, strides: int, padding: int):
-    nn = import_mxnet().gluon.nn
     blk = nn.HybridSequential(prefix="")
     blk.add(nn.Conv2D(num_channels, kernel_size, strides, padding, activation="relu"),
             nn.Conv2D(num_channels, kernel_size=1, activation="relu"),
@@ -21,7 +21,6 @@ def nin_block(num_channels: int, kernel_size: int, strides: int, padding: int):
 @models.register()
 def nin(*, dropout: float = 0.5, num_classes: int = 10):
     check_dropout("dropout", dropout)
-    nn = import_mxnet().gluon.nn
     net = nn.HybridSequential()
     with net.name_scope():
         net.add(nin_block(96, kernel_size=11, strides=4, padding=0),

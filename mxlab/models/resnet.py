@@ -6,10 +6,10 @@ needs its 1x1 convolution with stride 2. The book trains on 96x96; 32x32 is enou
 """
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
-from mxlab.devices import import_mxnet
+from mxnet.gluon import nn
+
 from mxlab.registry import models
 
 # depth -> residual blocks per stage (channels 64, 128, 256, 512).
@@ -17,40 +17,28 @@ RESNET_SPECS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 STAGE_CHANNELS = (64, 128, 256, 512)
 
 
-@functools.cache
-def _residual_class():
-    nn = import_mxnet().gluon.nn
+class Residual(nn.HybridBlock):
+    """Two 3x3 convolutions with batch norm; the input is added back before the last relu."""
 
-    class Residual(nn.HybridBlock):
-        """Two 3x3 convolutions with batch norm; the input is added back before the last relu."""
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides)
+            self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1)
+            # Without it the sum X + Y would not match when channels or size change.
+            self.conv3 = nn.Conv2D(num_channels, kernel_size=1, strides=strides) if use_1x1conv else None
+            self.bn1 = nn.BatchNorm()
+            self.bn2 = nn.BatchNorm()
 
-        def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, **kwargs):
-            super().__init__(**kwargs)
-            with self.name_scope():
-                self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides)
-                self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1)
-                # Without it the sum X + Y would not match when channels or size change.
-                self.conv3 = nn.Conv2D(num_channels, kernel_size=1, strides=strides) if use_1x1conv else None
-                self.bn1 = nn.BatchNorm()
-                self.bn2 = nn.BatchNorm()
-
-        def hybrid_forward(self, F, X):
-            Y = F.relu(self.bn1(self.conv1(X)))
-            Y = self.bn2(self.conv2(Y))
-            if self.conv3 is not None:
-                X = self.conv3(X)
-            return F.relu(Y + X)
-
-    return Residual
-
-
-def Residual(num_channels: int, use_1x1conv: bool = False, strides: int = 1, **kwargs):
-    """A residual block (the class is made on first use, so importing the zoo does not import mxnet)."""
-    return _residual_class()(num_channels, use_1x1conv, strides, **kwargs)
+    def hybrid_forward(self, F, X):
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3 is not None:
+            X = self.conv3(X)
+        return F.relu(Y + X)
 
 
 def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, prefix: str = ""):
-    nn = import_mxnet().gluon.nn
     blk = nn.HybridSequential(prefix=prefix)
     with blk.name_scope():
         for i in range(num_residuals):
@@ -66,7 +54,6 @@ def resnet(*, depth: Literal[18, 34] = 18, num_classes: int = 10):
     """ResNet-``depth`` from :data:`RESNET_SPECS`; 18 is the book's."""
     if depth not in RESNET_SPECS:
         raise ValueError(f"model.depth: got {depth}; allowed: {', '.join(map(str, RESNET_SPECS))}")
-    nn = import_mxnet().gluon.nn
     net = nn.HybridSequential()
     with net.name_scope():
         net.add(nn.Conv2D(64, kernel_size=7, strides=2, padding=3), nn.BatchNorm(), nn.Activation("relu"),

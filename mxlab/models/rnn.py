@@ -11,10 +11,12 @@ update gates) and LSTM (forget, input and output gates with a memory cell) are t
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
-from mxlab.devices import import_mxnet
+import mxnet as mx
+from mxnet import autograd, nd
+from mxnet.gluon import nn, rnn
+
 from mxlab.models.scratch import ScratchNet
 from mxlab.registry import models
 
@@ -47,13 +49,12 @@ class RNNScratch(ScratchNet):
         super().initialize(ctx, **kwargs)
 
     def begin_state(self, batch_size: int, ctx=None) -> list:
-        return [import_mxnet().nd.zeros((batch_size, self.num_hiddens), ctx=ctx or self.ctx)]
+        return [nd.zeros((batch_size, self.num_hiddens), ctx=ctx or self.ctx)]
 
     def __call__(self, X, state=None):
         return self.forward(X, state)
 
     def forward(self, X, state=None):
-        nd = import_mxnet().nd
         if state is None:
             state = self.begin_state(X.shape[0], X.context)
         p = self.params
@@ -71,52 +72,46 @@ def rnn_scratch(*, vocab_size: Optional[int] = None, num_hiddens: int = 256) -> 
     return RNNScratch(_check_vocab(vocab_size, "rnn_scratch"), num_hiddens)
 
 
-@functools.lru_cache(maxsize=None)
-def _rnn_model_class():
-    gluon = import_mxnet().gluon
+class RNNModel(nn.HybridBlock):
+    """The book's ``RNNModel``: a recurrent layer over one-hot inputs, then one Dense layer applied to the
+    (num_steps * batch_size, num_hiddens) reshape of its outputs."""
 
-    class RNNModel(gluon.HybridBlock):
-        """The book's ``RNNModel``: a recurrent layer over one-hot inputs, then one Dense layer applied to the
-        (num_steps * batch_size, num_hiddens) reshape of its outputs."""
+    def __init__(self, layer, vocab_size: Optional[int], **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        with self.name_scope():
+            self.rnn = layer
+            if vocab_size is not None:
+                self.dense = nn.Dense(vocab_size)
 
-        def __init__(self, layer, vocab_size: Optional[int], **kwargs):
-            super().__init__(**kwargs)
-            self.vocab_size = vocab_size
-            with self.name_scope():
-                self.rnn = layer
-                if vocab_size is not None:
-                    self.dense = gluon.nn.Dense(vocab_size)
+    def initialize(self, *args, **kwargs):
+        _check_vocab(self.vocab_size, type(self.rnn).__name__.lower(), initializing=True)
+        return super().initialize(*args, **kwargs)
 
-        def initialize(self, *args, **kwargs):
-            _check_vocab(self.vocab_size, type(self.rnn).__name__.lower(), initializing=True)
-            return super().initialize(*args, **kwargs)
+    def begin_state(self, batch_size: int, ctx=None) -> list:
+        return self.rnn.begin_state(batch_size=batch_size, ctx=ctx or mx.cpu())
 
-        def begin_state(self, batch_size: int, ctx=None) -> list:
-            return self.rnn.begin_state(batch_size=batch_size, ctx=ctx or import_mxnet().cpu())
+    def forward(self, X, state=None):
+        if state is None:
+            state = self.begin_state(X.shape[0], X.context)
+        return super().forward(X, state)
 
-        def forward(self, X, state=None):
-            if state is None:
-                state = self.begin_state(X.shape[0], X.context)
-            return super().forward(X, state)
-
-        def hybrid_forward(self, F, X, state):
-            Y, state = self.rnn(F.one_hot(F.transpose(X), self.vocab_size), state)
-            # (num_steps, batch_size, H) -> (num_steps * batch_size, H): time-major rows, as the labels are.
-            return self.dense(Y.reshape((-3, -1))), state
-
-    return RNNModel
+    def hybrid_forward(self, F, X, state):
+        Y, state = self.rnn(F.one_hot(F.transpose(X), self.vocab_size), state)
+        # (num_steps, batch_size, H) -> (num_steps * batch_size, H): time-major rows, as the labels are.
+        return self.dense(Y.reshape((-3, -1))), state
 
 
 # The Gluon recurrent layer of each variant.
-RNN_SPEC = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
+RNN_SPEC = {"rnn": rnn.RNN, "gru": rnn.GRU, "lstm": rnn.LSTM}
 
 
 def gluon_rnn(kind: str, vocab_size: Optional[int], num_hiddens: int, num_layers: int):
     if num_layers < 1:
         raise ValueError(f"model {kind}: num_layers: got {num_layers}; allowed: an integer >= 1")
     vocab_size = _check_vocab(vocab_size, kind)
-    layer = getattr(import_mxnet().gluon.rnn, RNN_SPEC[kind])(num_hiddens, num_layers=num_layers)
-    return _rnn_model_class()(layer, vocab_size)
+    layer = RNN_SPEC[kind](num_hiddens, num_layers=num_layers)
+    return RNNModel(layer, vocab_size)
 
 
 @models.register("rnn", kind="rnn")
@@ -130,7 +125,6 @@ def rnn_model(*, kind: str, vocab_size: Optional[int] = None, num_hiddens: int =
 def predict_rnn(net, prefix: str, num_chars: int, idx_to_char, char_to_idx, ctx) -> str:
     """The book's ``predict_rnn``: read ``prefix`` one character at a time, then append ``num_chars`` characters,
     each the most likely one given the state so far (greedy)."""
-    mx = import_mxnet()
     if not prefix:
         raise ValueError("a prefix to generate from must hold at least one character")
     unknown = sorted({c for c in prefix if c not in char_to_idx})
@@ -138,9 +132,9 @@ def predict_rnn(net, prefix: str, num_chars: int, idx_to_char, char_to_idx, ctx)
         raise KeyError(f"prefix {prefix!r}: {', '.join(map(repr, unknown))} not in the vocabulary of the training text")
     state = net.begin_state(1, ctx)
     output = [char_to_idx[prefix[0]]]
-    with mx.autograd.predict_mode():
+    with autograd.predict_mode():
         for t in range(num_chars + len(prefix) - 1):
-            X = mx.nd.array([[output[-1]]], ctx=ctx)
+            X = nd.array([[output[-1]]], ctx=ctx)
             Y, state = net(X, state)
             if t < len(prefix) - 1:
                 output.append(char_to_idx[prefix[t + 1]])

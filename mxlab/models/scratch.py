@@ -7,7 +7,8 @@ with ``decay=True``.
 """
 from __future__ import annotations
 
-from mxlab.devices import import_mxnet
+import mxnet as mx
+from mxnet import nd
 
 
 class ScratchNet:
@@ -25,13 +26,12 @@ class ScratchNet:
         self._declared[name] = (tuple(shape), init, decay)
 
     def initialize(self, ctx=None, **_ignored) -> None:
-        mx = import_mxnet()
         self.ctx = ctx[0] if isinstance(ctx, (list, tuple)) else (ctx or mx.cpu())
         for name, (shape, init, _) in self._declared.items():
             if init == "normal":
-                value = mx.nd.random.normal(scale=0.01, shape=shape, ctx=self.ctx)
+                value = nd.random.normal(scale=0.01, shape=shape, ctx=self.ctx)
             else:
-                value = getattr(mx.nd, init)(shape, ctx=self.ctx)
+                value = getattr(nd, init)(shape, ctx=self.ctx)
             value.attach_grad()
             self.params[name] = value
 
@@ -45,11 +45,10 @@ class ScratchNet:
         raise NotImplementedError
 
     def save_parameters(self, path: str) -> None:
-        import_mxnet().nd.save(path, self.params)
+        nd.save(path, self.params)
 
     def load_parameters(self, path: str, ctx=None, **_ignored) -> None:
-        mx = import_mxnet()
-        loaded = mx.nd.load(path)
+        loaded = nd.load(path)
         if set(loaded) != set(self._declared):
             raise ValueError(f"{path} holds parameters {sorted(loaded)}, this network has {sorted(self._declared)}")
         self.ctx = (ctx[0] if isinstance(ctx, (list, tuple)) else ctx) or self.ctx or mx.cpu()
@@ -89,7 +88,6 @@ class ScratchSGD:
         if self.clip:
             # The book's grad_clipping, on the mean gradient that the step applies; the scale stays on the
             # device (no read to the host in the hot path): min(1, clip / norm).
-            nd = import_mxnet().nd
             norm = sum((p.grad ** 2).sum() for p in params).sqrt() / batch_size
             scale = nd.minimum(self.clip / nd.maximum(norm, 1e-30), 1.0)
             for p in params:

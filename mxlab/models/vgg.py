@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mxlab.devices import import_mxnet
+from mxnet.gluon import nn
+
 from mxlab.models.options import check_dropout
 from mxlab.registry import models
 
@@ -22,7 +23,6 @@ VGG_SPECS = {
 
 
 def vgg_block(num_convs: int, num_channels: int):
-    nn = import_mxnet().gluon.nn
     blk = nn.HybridSequential(prefix="")
     for _ in range(num_convs):
         blk.add(nn.Conv2D(num_channels, kernel_size=3, padding=1, activation="relu"))
@@ -31,7 +31,6 @@ def vgg_block(num_convs: int, num_channels: int):
 
 
 def build_vgg(conv_arch, channel_divisor: int, dropout: float, num_classes: int):
-    nn = import_mxnet().gluon.nn
     net = nn.HybridSequential()
     with net.name_scope():
         for num_convs, num_channels in conv_arch:
