@@ -36,13 +36,7 @@ class DeviceError(RuntimeError):
 
 
 def gpu_build_installed() -> bool:
-    for dist in GPU_DISTRIBUTIONS:
-        try:
-            importlib.metadata.version(dist)
-            return True
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return False
+    return installed_build() in GPU_DISTRIBUTIONS
 
 
 def find_cuda_libraries(search_dirs: list[Path] | None = None) -> dict[str, Path]:
@@ -73,8 +67,12 @@ _IMPORTED = False
 
 
 def import_mxnet():
-    """``import mxnet``, first loading the CUDA runtime when the GPU build is installed."""
+    """``import mxnet`` for every mxlab module: first the compatibility layer (what newer numpy and Python
+    removed, see :mod:`mxlab.compat`), then the CUDA runtime when the GPU build is installed."""
     global _IMPORTED
+    from mxlab import compat
+
+    compat.apply()
     if not _IMPORTED and gpu_build_installed():
         missing = preload_cuda()
         if missing:
@@ -113,23 +111,40 @@ def parse_device(text: str, num_gpus: int) -> list[tuple[str, int]]:
     return [(kind, i) for i in chosen]
 
 
+def installed_build() -> str:
+    """The MXNet distribution installed: ``mxnet-cu112`` (GPU build) or ``mxnet`` (CPU build)."""
+    for dist in GPU_DISTRIBUTIONS:
+        try:
+            importlib.metadata.version(dist)
+            return dist
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return "mxnet"
+
+
+def num_gpus() -> int:
+    """GPUs MXNet can use: 0 with the CPU build (whose num_gpus() still asks the driver)."""
+    return import_mxnet().context.num_gpus() if gpu_build_installed() else 0
+
+
 def contexts(text: str = "auto") -> list:
     """The MXNet contexts for a ``train.device`` string; several contexts train data-parallel."""
     mx = import_mxnet()
-    num_gpus = mx.context.num_gpus() if gpu_build_installed() else 0
-    return [mx.gpu(i) if kind == "gpu" else mx.cpu(i) for kind, i in parse_device(text, num_gpus)]
+    num_gpus_seen = num_gpus()
+    return [mx.gpu(i) if kind == "gpu" else mx.cpu(i) for kind, i in parse_device(text, num_gpus_seen)]
 
 
 def describe(ctx_list) -> str:
     return ",".join(str(c) for c in ctx_list)
 
 
+# Build features worth knowing, by MXNet's name: GPU support, oneDNN (named MKLDNN in 1.9) and the parameter server.
+FEATURES = {"cuda": "CUDA", "cudnn": "CUDNN", "nccl": "NCCL", "onednn": "MKLDNN", "dist_kvstore": "DIST_KVSTORE"}
+
+
 def build_features() -> dict[str, str]:
-    """The installed mxnet's version and whether it was built with CUDA and cuDNN."""
+    """The installed mxnet's version, distribution and build features (``mxnet.cuda``: ``true``/``false``...)."""
     mx = import_mxnet()
     features = mx.runtime.Features()
-    return {
-        "mxnet.version": mx.__version__,
-        "mxnet.cuda": str(features.is_enabled("CUDA")).lower(),
-        "mxnet.cudnn": str(features.is_enabled("CUDNN")).lower(),
-    }
+    return {"mxnet.version": mx.__version__, "mxnet.build": installed_build(),
+            **{f"mxnet.{key}": str(features.is_enabled(name)).lower() for key, name in FEATURES.items()}}

@@ -10,9 +10,22 @@ import numpy as np
 from mlflow.pyfunc import PythonModel
 
 
+def _import_mxnet():
+    """MXNet through mxlab (its compatibility layer first, then the CUDA libraries of a GPU build): a fresh
+    process on Python 3.12+ cannot ``import mxnet`` without it. Plain ``import mxnet`` where mxlab is not installed
+    (fine on Python 3.10/3.11 with numpy < 1.24)."""
+    try:
+        from mxlab.devices import import_mxnet
+    except ImportError:
+        import mxnet
+
+        return mxnet
+    return import_mxnet()
+
+
 class GluonNetModel(PythonModel):
     def load_context(self, context):
-        import mxnet as mx
+        mx = _import_mxnet()
 
         artifacts = context.artifacts
         if "symbol" in artifacts:
@@ -24,8 +37,9 @@ class GluonNetModel(PythonModel):
 
             import mxlab.models  # noqa: F401  (registers the zoo)
             from mxlab.registry import models
-            from mxlab.spec import from_dict, import_experiment_model
+            from mxlab.spec import from_dict
             from mxlab.train import build_net
+            from mxlab.workspace import import_experiment_model
 
             with open(artifacts["spec"], encoding="utf-8") as f:
                 raw = yaml.safe_load(f)
@@ -37,7 +51,7 @@ class GluonNetModel(PythonModel):
             self.net.load_parameters(artifacts["params"], ctx=mx.cpu())
 
     def predict(self, context, model_input, params=None):
-        import mxnet as mx
+        mx = _import_mxnet()
 
         X = np.asarray(model_input, dtype=np.float32)
         y_hat = self.net(mx.nd.array(X))
