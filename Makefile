@@ -1,14 +1,15 @@
-# mxlab: `make help` lists the targets. Every target sets up .venv on first use.
+# mxlab: `make help` lists the targets. Every target sets up $(VENV) on first use.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-# numpy < 1.24 (needed by mxnet 1.9.1) has no wheels for Python 3.12+: use 3.11 or 3.10. PYTHON= overrides.
-PYTHON ?= $(shell for p in python3.11 python3.10; do \
-	  command -v $$p >/dev/null 2>&1 && $$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
+# Supported Pythons, newest first: setup takes the first one found (on PATH, else under pyenv's versions).
+# PYTHON= chooses; an existing $(VENV) keeps its own Python. Several can live side by side: VENV=.venv-3.10.
+SUPPORTED_PYTHONS := 3.13 3.12 3.11 3.10
 GPU ?=
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRA := $(if $(GPU),$(GPU),cpu)
+MXNET_DIST := $(if $(GPU),mxnet-$(GPU),mxnet)
 STAMP := $(VENV)/.installed-$(EXTRA)
 NAME ?= lenet
 ARGS ?=
@@ -16,28 +17,47 @@ TRIALS ?= 20
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 
-.PHONY: help setup data exp tune ui dashboard test bench check list
+.PHONY: help setup data exp tune ui dashboard test test-fast bench check list doctor
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]*:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: NAME=lenet ARGS='train.epochs=1' TRIALS=20 GPU=cu112 PYTHON=python3.11 PORT=5000 DASHBOARD_PORT=8080"
+	@echo "  variables: NAME=lenet ARGS='train.epochs=1' TRIALS=20 GPU=cu112 PYTHON=python3.13 VENV=.venv PORT=5000 DASHBOARD_PORT=8080"
 
-setup: $(STAMP) ## build .venv (GPU=cu112 for mxnet-cu112 and the CUDA 11 wheels)
+setup: $(STAMP) ## build .venv (or VENV=) with the newest Python 3.10-3.13 found (PYTHON= chooses; GPU=cu112 for CUDA 11)
+
+# Prints the interpreter to use: PYTHON= if given, else the venv's own, else the newest supported one found.
+define find_python
+if [ "$(origin PYTHON)" != undefined ]; then echo "$(PYTHON)"; \
+elif [ -x $(BIN)/python ]; then echo $(BIN)/python; \
+else for v in $(SUPPORTED_PYTHONS); do \
+  for p in python$$v $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v.*/bin/python$$v 2>/dev/null | sort -rV); do \
+    [ "$$($$p -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = $$v ] && { command -v $$p; exit 0; }; \
+  done; done; fi
+endef
 
 $(STAMP): pyproject.toml
-	@if [ -z "$(PYTHON)" ]; then \
-	  echo "make setup: no Python 3.10 or 3.11 found. mxnet 1.9.1 needs numpy < 1.24, which has no wheels for"; \
-	  echo "Python 3.12 or newer. Install Python 3.11 (or 3.10), or point to one: make setup PYTHON=/path/to/python3.11"; \
-	  exit 1; fi
-	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 11) else 1)' || { \
-	  echo "make setup: $(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())');" \
-	       "mxlab needs 3.10 or 3.11 (numpy < 1.24 for mxnet 1.9.1). Pass PYTHON=/path/to/python3.11"; exit 1; }
 	@if [ -n "$(GPU)" ] && [ "$(GPU)" != cu112 ]; then echo "make setup: GPU=$(GPU) is not supported; allowed: GPU=cu112"; exit 1; fi
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	@# The CPU and GPU builds are one package under two names: never both.
-	@if [ -n "$(GPU)" ]; then $(BIN)/pip uninstall --quiet --yes mxnet; else $(BIN)/pip uninstall --quiet --yes mxnet-cu112; fi
-	$(BIN)/pip install --quiet -e ".[$(EXTRA),dev]"
+	@py="$$($(find_python))"; \
+	if [ -z "$$py" ]; then \
+	  echo "make setup: no Python 3.13, 3.12, 3.11 or 3.10 found (mxnet 1.9.1 runs on these with mxlab's compat layer)."; \
+	  echo "Install one (e.g. pyenv install 3.13), or point to one: make setup PYTHON=/path/to/python3.13"; exit 1; fi; \
+	ver="$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"; \
+	case " $(SUPPORTED_PYTHONS) " in *" $$ver "*) ;; *) \
+	  echo "make setup: $$py is Python $${ver:-(does not run)}; mxlab supports 3.10, 3.11, 3.12 and 3.13." \
+	       "Pass PYTHON=/path/to/python3.13 (or 3.12, 3.11, 3.10)"; exit 1;; esac; \
+	has="$$([ -x $(BIN)/python ] && $(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')"; \
+	if [ -n "$$has" ] && [ "$$has" != "$$ver" ]; then \
+	  echo "make setup: $(VENV) is Python $$has, not $$ver: remove it, or build beside it with VENV=.venv-$$ver"; exit 1; fi; \
+	case $$ver in 3.10|3.11) np="numpy<1.24";; 3.12) np="numpy 1.26 (compat restores np.bool & co)";; \
+	  *) np="numpy 2 ($(MXNET_DIST) installed with --no-deps: its metadata pins numpy<2)";; esac; \
+	echo "make setup: Python $$ver ($$py) in $(VENV), $$np, $(MXNET_DIST)==1.9.1"; \
+	set -e; [ -x $(BIN)/python ] || $$py -m venv $(VENV); \
+	$(BIN)/pip install --quiet --upgrade pip; \
+	: "The CPU and GPU builds are one package under two names: never both."; \
+	$(BIN)/pip uninstall --quiet --yes $(if $(GPU),mxnet,mxnet-cu112) 2>/dev/null || true; \
+	$(BIN)/pip install --quiet -e ".[$(EXTRA),dev]"; \
+	if [ "$$ver" = 3.13 ]; then $(BIN)/pip install --quiet --no-deps $(MXNET_DIST)==1.9.1; fi
+	@$(BIN)/python -c 'import sys, numpy, importlib.metadata as m; print("make setup: installed Python %d.%d.%d," % sys.version_info[:3], "numpy", numpy.__version__ + ",", "$(MXNET_DIST)", m.version("$(MXNET_DIST)"))'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -68,8 +88,15 @@ ui: $(STAMP) ## MLflow UI on http://127.0.0.1:$(PORT), every run there
 dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) (MXLAB_OPTUNA_STORAGE, else mlruns/optuna.db)
 	$(BIN)/mxlab dashboard --port $(DASHBOARD_PORT)
 
-test: data ## run the test suite
-	$(BIN)/python -m pytest -q
+# pytest's exit 5 (no test collected) fails like any other: a suite that ran nothing has not passed.
+test: data ## run the whole test suite (what CI runs, on Python 3.10 and 3.13)
+	@$(BIN)/python -m pytest -q $(ARGS) || { rc=$$?; [ $$rc != 5 ] || echo "make test: pytest collected no tests"; exit $$rc; }
+
+test-fast: data ## the unit tests only (pytest -m "not slow"), under 90 s
+	@$(BIN)/python -m pytest -q -m "not slow" $(ARGS) || { rc=$$?; [ $$rc != 5 ] || echo "make test-fast: pytest collected no tests"; exit $$rc; }
+
+doctor: $(STAMP) ## check this installation: versions, build, GPUs, CUDA libraries, data, stores, stale runs, disk
+	$(BIN)/python -c 'import sys, mxlab.doctor as d; sys.exit(d.main())'
 
 bench: data ## throughput and overhead, side by side, as ratios
 	$(BIN)/python benchmarks/run.py
