@@ -3,8 +3,8 @@
 Each contender runs in a fresh process (so peak memory is its own) on the same data, model and seed:
 - book: the book's ``train_ch5`` loop: a Gluon ``DataLoader`` with ``ToTensor`` per example, an
   un-hybridized LeNet, and ``.asscalar()`` on the loss and accuracy of every batch;
-- mxlab: ``mxlab.train.fit``: device-resident batches, hybridized net, sums read once per epoch;
-- mxlab+mlflow: the same inside ``run_experiment`` (per-epoch metrics, checkpoints and artifacts), for the
+- mxlab: ``mxlab.runner.run(spec, track=False)``, the path of ``mxlab run``: device-resident batches, hybridized net, sums read once per epoch;
+- mxlab+mlflow: the same with ``track=True`` (per-epoch metrics, checkpoints and artifacts), for the
   tracking overhead.
 It prints measurements; it asserts nothing.
 """
@@ -60,24 +60,15 @@ def book_loop(limit: int, epochs: int) -> dict:
 
 
 def mxlab_fit(limit: int, epochs: int, tracked: bool) -> dict:
-    import mxnet as mx
-
-    from mxlab.data import load_data
+    """The same code path as ``mxlab run``: :func:`mxlab.runner.run`, with or without MLflow."""
+    from mxlab.runner import run
     from mxlab.spec import load_spec
-    from mxlab.train import fit, prepare_net
 
     spec = load_spec(EXPERIMENT, [f"data.limit={limit}", f"train.epochs={epochs}", "train.device=cpu"])
     start = time.perf_counter()
-    if tracked:
-        from mxlab.tracking import run_experiment
-
-        with tempfile.TemporaryDirectory() as tmp:
-            os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench.db"
-            history = run_experiment(spec, progress=False).history
-    else:
-        bundle = load_data(spec, mx.cpu())
-        net = prepare_net(spec, bundle, [mx.cpu()])
-        history = fit(spec, net, bundle, [mx.cpu()])
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench.db"
+        history = run(spec, track=tracked, progress=False).history
     wall = time.perf_counter() - start
     return {"samples_per_second": sum(h["perf/samples_per_second"] for h in history) / len(history),
             "epoch_seconds": sum(h["perf/epoch_seconds"] for h in history) / len(history),

@@ -1,4 +1,8 @@
-"""Consumers of the fit loop's metric dicts: console progress, checkpoints, MLflow, Optuna pruning."""
+"""Consumers of the fit loop's metric dicts: console progress, checkpoints, early stopping, text samples.
+
+MLflow's logger lives in :mod:`mxlab.tracking` and Optuna's pruner in :mod:`mxlab.tuning.trials`: each is one
+more callback of this shape.
+"""
 from __future__ import annotations
 
 import json
@@ -120,38 +124,43 @@ def _jsonable(value):
     return value
 
 
-class MLflowLogger(Callback):
-    """Logs each epoch's metrics (``step`` = epoch) and the checkpoint files to an MLflow run as they happen."""
+class EarlyStopping(Callback):
+    """Stops training once ``metric`` has not improved by more than ``min_delta`` for ``patience`` epochs.
 
-    def __init__(self, client, run_id: str, checkpoint_dir: Path | None = None):
-        self.client, self.run_id, self.checkpoint_dir = client, run_id, checkpoint_dir
+    The fit loop ends after the epoch that asked for it, so that epoch is recorded and checkpointed like any.
+    """
 
-    def on_epoch_end(self, state, metrics):
-        from mlflow.entities import Metric
+    def __init__(self, metric: str, patience: int, min_delta: float = 0.0, mode: str = "maximize"):
+        self.metric, self.patience, self.min_delta, self.mode = metric, patience, min_delta, mode
+        self.best, self.stale = None, 0
+        self.reason: str | None = None
 
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[
-            Metric(key, float(value), now, state.epoch) for key, value in metrics.items()])
-        if self.checkpoint_dir is not None:
-            for name in ("last.params", "last.states", "last.json"):
-                self.client.log_artifact(self.run_id, str(self.checkpoint_dir / name), "checkpoint")
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        gain = value - self.best if self.mode == "maximize" else self.best - value
+        return gain > self.min_delta
 
+    def on_fit_begin(self, state):
+        for past in state.history:   # a resumed run keeps its count
+            self._see(past)
 
-class OptunaPruner(Callback):
-    """Reports the study's metric each epoch and stops a trial the pruner gives up on."""
-
-    def __init__(self, trial, metric: str):
-        self.trial, self.metric = trial, metric
-
-    def on_epoch_end(self, state, metrics):
-        import optuna
-
+    def _see(self, metrics) -> None:
         if self.metric not in metrics:
-            raise KeyError(f"search.metric {self.metric!r} is not among this run's metrics: "
-                           f"{', '.join(sorted(metrics))}")
-        self.trial.report(metrics[self.metric], state.epoch)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {state.epoch} with {self.metric}={metrics[self.metric]:.4g}")
+            raise KeyError(f"train.early_stopping.metric {self.metric!r} is not among this run's metrics: "
+                           f"{', '.join(sorted(k for k in metrics if k != 'epoch'))}")
+        value = metrics[self.metric]
+        if self._improved(value):
+            self.best, self.stale = value, 0
+        else:
+            self.stale += 1
+
+    def on_epoch_end(self, state, metrics):
+        self._see(metrics)
+        if self.stale >= self.patience:
+            self.reason = (f"early stopping at epoch {state.epoch}: {self.metric} did not improve on "
+                           f"{self.best:.4g} by more than {self.min_delta:g} for {self.patience} epoch(s)")
+            state.stop_reason = self.reason
 
 
 class TextSampler(Callback):

@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 
-from mxlab import spec as specs
+from mxlab import workspace
+from mxlab.tuning.storage import HEARTBEAT_SECONDS
+from mxlab.tuning.study import PRUNERS, SAMPLERS
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -17,27 +19,35 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def cmd_list(args) -> int:
-    rows = [("name", "model", "dataset", "description")]
-    for name in specs.experiment_names():
+    """Reads the YAML files only, so it answers at once; ``mxlab check`` validates them."""
+    from mxlab.spec import read_yaml
+
+    rows = [("name", "model", "dataset", "presets", "description")]
+    for name in workspace.experiment_names():
         try:
-            s = specs.load_spec(name)
-            rows.append((name, s.model.name, s.data.name, s.description))
+            raw = read_yaml(workspace.experiment_dir(name) / workspace.SPEC_FILE)
+            model, data = raw.get("model") or {}, raw.get("data") or {}
+            rows.append((name, str(model.get("name", "?")), str(data.get("name", "?")),
+                         ",".join(workspace.presets(name)) or "-", str(raw.get("description", ""))))
         except Exception as exc:  # list every folder, even a broken one
-            rows.append((name, "?", "?", f"invalid: {exc}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+            rows.append((name, "?", "?", "-", f"invalid: {exc}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4])
     return 0
 
 
 def cmd_check(args) -> int:
+    from mxlab.spec import load_spec
     from mxlab.train import build_net
 
-    names = args.names or specs.experiment_names()
+    names = args.names or workspace.experiment_names()
     failed = 0
     for name in names:
         try:
-            s = specs.load_spec(name)
+            s = load_spec(name)
+            for preset in workspace.presets(name):
+                load_spec(name, preset=preset)
             build_net(s)   # the builder checks its own options (a VGG divisor, a DenseNet block list)
             print(f"ok     {name}")
         except Exception as exc:
@@ -47,30 +57,37 @@ def cmd_check(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from mxlab.tracking import run_experiment
+    from mxlab.runner import run
+    from mxlab.spec import load_spec
 
     tags = None
     if (args.study or args.storage) and not args.best:
         return _fail("--study and --storage choose the study for --best; add --best or drop them")
+    if args.best and args.preset:
+        return _fail("--best and --preset both choose hyperparameters; use one of them")
     if args.best:
-        from mxlab.tune import best_spec
+        from mxlab.tuning import best_spec
 
         s, tags = best_spec(args.name, args.overrides, study=args.study, storage=args.storage)
     else:
-        s = specs.load_spec(args.name, args.overrides)
+        s = load_spec(args.name, args.overrides, preset=args.preset)
+        if args.preset:
+            tags = {"mxlab.preset": args.preset}
     # MLflow prints "View run" links on stdout for a tracking server: keep stdout for the result alone.
     with contextlib.redirect_stdout(sys.stderr):
-        result = run_experiment(s, tags=tags, progress=not args.json)
+        result = run(s, tags=tags, progress=not args.json)
     if args.json:
         print(json.dumps({"run_id": result.run_id, "experiment": result.experiment, "status": result.status,
                           "metrics": result.metrics}))
     else:
+        if result.stop_reason:
+            print(result.stop_reason, file=sys.stderr)
         print(f"run {result.run_id} {result.status}: {json.dumps(result.metrics)}")
     return 0
 
 
 def cmd_ui(args) -> int:
-    from mxlab.tracking import client, experiment_id, store_dir, tracking_uri
+    from mxlab.tracking import client, experiment_id, tracking_uri
 
     uri = tracking_uri()
     c = client()
@@ -83,22 +100,19 @@ def cmd_ui(args) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(args.port)]
     if uri.startswith("sqlite:"):
-        command += ["--default-artifact-root", (store_dir() / "artifacts").as_uri()]
+        command += ["--default-artifact-root", workspace.mlflow_artifact_root().as_uri()]
     return subprocess.call(command)
 
 
 def cmd_tune(args) -> int:
-    from mxlab import tune
+    from mxlab.tuning import TuneOptions, tune
 
-    options = tune.TuneOptions(trials=args.trials, timeout=args.timeout, study=args.study, storage=args.storage,
-                               sampler=args.sampler, pruner=args.pruner, workers=args.workers, seed=args.seed,
-                               heartbeat=args.heartbeat)
-    if args.worker:
-        tune.worker(args.name, args.overrides, options, args.parent_run_id, args.worker_index)
-        return 0
+    options = TuneOptions(trials=args.trials, timeout=args.timeout, study=args.study, storage=args.storage,
+                          sampler=args.sampler, pruner=args.pruner, workers=args.workers, seed=args.seed,
+                          heartbeat=args.heartbeat, preset=args.preset)
     # Libraries print to stdout too (MLflow's "View run" links for a tracking server): only the result goes there.
     with contextlib.redirect_stdout(sys.stderr):
-        result = tune.tune(args.name, args.overrides, options)
+        result = tune(args.name, args.overrides, options)
     if args.json:
         print(json.dumps(result))
     else:
@@ -110,7 +124,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_best(args) -> int:
-    from mxlab.tune import best
+    from mxlab.tuning import best
 
     info = best(args.name, study=args.study, storage=args.storage)
     if args.json:
@@ -129,10 +143,16 @@ def cmd_best(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    from mxlab.tune import dashboard
+    from mxlab.tuning import dashboard
 
     dashboard(args.storage, args.port)
     return 0
+
+
+def cmd_doctor(args) -> int:
+    from mxlab.doctor import main as doctor
+
+    return doctor(as_json=args.json)
 
 
 def cmd_reproduce(args) -> int:
@@ -162,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="with --best: the study (default: named like the experiment)")
     p.add_argument("--storage", help="with --best: the study storage URL (default: MXLAB_OPTUNA_STORAGE, else "
                                      "sqlite mlruns/optuna.db)")
+    p.add_argument("--preset", help="apply experiments/NAME/PRESET.yaml over the spec (e.g. tuned)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("tune", help="an Optuna study over the experiment's search space; reruns resume it")
@@ -172,16 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (default: the experiment's name)")
     p.add_argument("--storage", help="study storage URL (default: MXLAB_OPTUNA_STORAGE, else sqlite "
                                      "mlruns/optuna.db); postgresql://... for several workers")
-    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
-    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default="tpe")
+    p.add_argument("--pruner", choices=list(PRUNERS), default="median")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (needs PostgreSQL)")
     p.add_argument("--seed", type=int, help="sampler seed, for a reproducible search")
-    p.add_argument("--heartbeat", type=int, default=60,
+    p.add_argument("--preset", help="tune around experiments/NAME/PRESET.yaml instead of the spec alone")
+    p.add_argument("--heartbeat", type=int, default=HEARTBEAT_SECONDS,
                    help="seconds between a trial's heartbeats; a trial silent for twice this is failed and retried")
     p.add_argument("--json", action="store_true", help="print one JSON object with the study's result on stdout")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--parent-run-id", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("best", help="the best trial of the experiment's study")
@@ -201,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="train each with this many seeds and report the mean")
     p.set_defaults(func=cmd_reproduce)
 
+    p = sub.add_parser("doctor", help="check this installation: Python, MXNet, GPUs, data, stores, disk")
+    p.add_argument("--json", action="store_true", help="print the checks as one JSON object")
+    p.set_defaults(func=cmd_doctor)
+
     p = sub.add_parser("ui", help="the MLflow UI on the workspace store, on 127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
@@ -216,13 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from mxlab.coerce import SpecError
     from mxlab.data.core import DataError
     from mxlab.devices import DeviceError
-    from mxlab.tracking import Terminated
+    from mxlab.interrupts import Terminated
 
     try:
         return args.func(args)
-    except (specs.SpecError, DataError, DeviceError, KeyError, ValueError) as exc:
+    except (SpecError, DataError, DeviceError, KeyError, ValueError) as exc:
         return _fail(str(exc).strip("'\""))
     except FloatingPointError as exc:   # a non-finite loss: the run is recorded FAILED, the cause is one line
         return _fail(str(exc), 1)

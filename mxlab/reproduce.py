@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mxlab import devices
-from mxlab.tracking import file_lock
-from mxlab.spec import experiment_names, load_spec, workspace_root
+from mxlab.spec import load_spec
+from mxlab.workspace import experiment_names, file_lock, root as workspace_root
 
 
 @dataclass(frozen=True)
@@ -95,13 +95,13 @@ def run_row(row: Row, seeds: int = 1) -> dict:
     At the book's high learning rates the last epoch's test accuracy moves by a point or two with the shuffle
     order, so several seeds say more than one; each seed's values are kept too.
     """
-    from mxlab.tracking import run_experiment
+    from mxlab.runner import run
 
     base = load_spec(row.experiment, list(row.overrides))
     per_seed, seconds, run_ids = [], [], []
     for offset in range(seeds):
         spec = base.replace(**{"train.seed": base.train.seed + offset})
-        result = run_experiment(spec, tags={"mxlab.reproduce": row.key})
+        result = run(spec, tags={"mxlab.reproduce": row.key})
         history = result.history
         compared = history[row.at_epoch - 1] if row.at_epoch and len(history) >= row.at_epoch else history[-1]
         per_seed.append({k: v for k, v in compared.items() if k in SHOWN})

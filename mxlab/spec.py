@@ -1,17 +1,14 @@
-"""Experiment specs: YAML in, frozen dataclasses out.
+"""Experiment specs: the schema, YAML in, frozen dataclasses out.
 
-Merge order: mxlab defaults < ``experiments/<name>/experiment.yaml`` < ``key=value`` overrides. Every value is
-checked against the schema below; model and data options are checked against the keyword-only parameters of
-the registered builder. An error names where the value came from, the dotted key, the value and what is allowed.
+Merge order: mxlab defaults < ``experiments/<name>/experiment.yaml`` < a preset (``<name>/tuned.yaml``) <
+``key=value`` overrides. Every value is checked against the schema below; model and data options are checked
+against the keyword-only parameters of the registered builder, ``train.optimizer`` against MXNet's optimizer
+registry. An error names where the value came from, the dotted key, the value and what is allowed.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
 import re
-import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,20 +16,12 @@ from typing import Any, Literal, Mapping, Optional
 
 import yaml
 
+from mxlab import optimizers, workspace
+from mxlab.coerce import SpecError, coerce, error as _error, fill as _fill, where as _where
+from mxlab.devices import DeviceError, parse_device
 from mxlab.registry import datasets, models
+from mxlab.tasks import tasks
 
-TASKS = ("classification", "regression", "language_model")
-# The metric each task reports on its validation split, and which way is better: the default search target.
-DEFAULT_SEARCH = {
-    "classification": ("val/acc", "maximize"),
-    "regression": ("val/loss", "minimize"),
-    "language_model": ("val/ppl", "minimize"),
-}
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
-
-
-class SpecError(ValueError):
-    """A spec that cannot be used; the message says where, what was given and what is allowed."""
 
 
 def _check(pred, allowed):
@@ -57,14 +46,24 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class EarlyStoppingSpec:
+    metric: str = ""    # empty: the task's validation metric (val/acc for classification)
+    patience: int = field(default=3, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    min_delta: float = field(default=0.0, metadata=_check(lambda v: v >= 0, "a number >= 0"))
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     epochs: int = field(default=5, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
+    # Any optimizer MXNet registers (sgd, nag, adam, rmsprop, adagrad, ...), or momentum (sgd + train.momentum).
+    optimizer: str = "sgd"
+    # Extra keyword arguments of the optimizer (rmsprop: {gamma1: 0.9}); lr and wd have their own keys.
+    optimizer_params: Mapping[str, Any] = field(default_factory=dict)
     lr: float = field(default=0.1, metadata=_check(lambda v: v > 0, "a number > 0"))
     wd: float = field(default=0.0, metadata=_check(lambda v: v >= 0, "a number >= 0"))
     momentum: float = field(default=0.9, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))  # optimizer: momentum
     device: str = field(default="auto", metadata=_check(lambda v: _device_ok(v), "auto, cpu, gpu, gpu:0,1 or cpu:0,1"))
-    seed: int = 42
+    seed: int = field(default=42, metadata=_check(lambda v: 0 <= v < 2**31 - 10**6, "an integer in [0, 2^31 - 10^6)"))
     hybridize: bool = True
     # xavier for the CNNs as in the book; normal is N(0, 0.01^2), the book's choice for linear models and MLPs.
     init: Literal["xavier", "normal", "uniform"] = "xavier"
@@ -74,6 +73,8 @@ class TrainSpec:
     sample_every: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     sample_prefixes: tuple[str, ...] = ()
     sample_length: int = field(default=50, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    # Stop when a metric has not improved for `patience` epochs; null trains every epoch.
+    early_stopping: Optional[EarlyStoppingSpec] = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,8 @@ class Spec:
 
 
 def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     if isinstance(value, Mapping):
@@ -160,38 +163,14 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def _device_ok(text: str) -> bool:
-    return bool(re.fullmatch(r"auto|cpu|gpu|(cpu|gpu):\d+(,\d+)*", text))
+    try:   # the grammar lives in devices; as many GPUs as any id asks for, so only the syntax is checked here
+        parse_device(text, num_gpus=1 << 16)
+    except DeviceError:
+        return False
+    return True
 
 
-# ---------------------------------------------------------------- workspace and files
-
-def workspace_root(start: Path | None = None) -> Path:
-    """``MXLAB_ROOT``, else the nearest folder upwards from ``start`` (the cwd) that holds ``experiments/``."""
-    if os.environ.get("MXLAB_ROOT"):
-        return Path(os.environ["MXLAB_ROOT"]).resolve()
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "experiments").is_dir():
-            return folder
-    raise SpecError(f"no workspace: no folder from {here} upwards holds experiments/; set MXLAB_ROOT")
-
-
-def experiment_names(root: Path | None = None) -> list[str]:
-    root = root or workspace_root()
-    return sorted(p.parent.name for p in (root / "experiments").glob("*/experiment.yaml"))
-
-
-def experiment_dir(name: str, root: Path | None = None) -> Path:
-    if not NAME_RE.match(name):
-        raise SpecError(f"experiment name {name!r} is not allowed: use letters, digits, '_' and '-' only "
-                        f"(no '/', no '..')")
-    root = root or workspace_root()
-    folder = root / "experiments" / name
-    if not (folder / "experiment.yaml").is_file():
-        known = ", ".join(experiment_names(root)) or "(none)"
-        raise SpecError(f"unknown experiment {name!r}: no {folder / 'experiment.yaml'}; known experiments: {known}")
-    return folder
-
+# ---------------------------------------------------------------- reading YAML
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``safe_load`` that refuses a key written twice in one mapping instead of keeping the last."""
@@ -223,39 +202,30 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def import_experiment_model(folder: Path) -> None:
-    """Import ``<folder>/model.py`` once, so that the models it registers can be named in its spec."""
-    path = folder / "model.py"
-    module_name = f"mxlab_experiments.{folder.name}.model"
-    if not path.is_file() or module_name in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
-
-
 # ---------------------------------------------------------------- loading and validating
 
-def load_spec(name: str, overrides: typing.Sequence[str] = (), root: Path | None = None) -> Spec:
-    """Load ``experiments/<name>/experiment.yaml``, apply ``key=value`` overrides, and validate."""
-    folder = experiment_dir(name, root)
-    path = folder / "experiment.yaml"
-    import_experiment_model(folder)
-    return from_dict(name, read_yaml(path), overrides, path=path)
+def load_spec(name: str, overrides: typing.Sequence[str] = (), root: Path | None = None,
+              preset: str | None = None) -> Spec:
+    """Load ``experiments/<name>/experiment.yaml``, then the preset's file, then ``key=value`` overrides; validate."""
+    folder = workspace.experiment_dir(name, root)
+    path = folder / workspace.SPEC_FILE
+    workspace.import_experiment_model(folder)
+    layers = [(path, read_yaml(path))]
+    if preset:
+        preset_file = workspace.preset_path(name, preset, root)
+        layers.append((preset_file, read_yaml(preset_file)))
+    return from_dict(name, layers, overrides, path=path)
 
 
-def from_dict(name: str, data: Mapping, overrides: typing.Sequence[str] = (), path: Path | None = None) -> Spec:
+def from_dict(name: str, data, overrides: typing.Sequence[str] = (), path: Path | None = None) -> Spec:
+    """A spec from a mapping (or a list of ``(file, mapping)`` layers, later ones winning) and overrides."""
     _load_builtin_registries()
-    origin = str(path) if path else "spec"
+    layers = data if isinstance(data, list) else [(path, data)]
     raw: dict = {"model": {}, "data": {}, "train": {}, "search": {}}
     sources: dict[str, str] = {}
-    for key, value in data.items():
-        _set(raw, key, value, sources, origin)
+    for file, mapping in layers:
+        for key, value in mapping.items():
+            _set(raw, key, value, sources, str(file) if file else "spec")
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -292,113 +262,23 @@ def _set(raw: dict, key: str, value: Any, sources: dict, origin: str, dotted: bo
         raw["search"].setdefault(_PATCHES, []).append((*key_and_leaf, value))
         sources[f"search.space.{key_and_leaf[0]}"] = origin
         return
-    raw[block][rest] = value
+    # train.early_stopping.patience=5: one leaf of a nested block, the rest of it kept.
+    *parents, leaf = rest.split(".") if block == "train" else [rest]
+    target = raw[block]
+    for part in parents:
+        target[part] = dict(target[part]) if isinstance(target.get(part), Mapping) else {}
+        target = target[part]
+    target[leaf] = value
     sources[key] = origin
 
 
 _PATCHES = "space patches"   # not a YAML key: holds search.space.* given as key=value overrides
 
 
-def _where(sources: dict, key: str) -> str:
-    """Where the value at ``key`` (or the nearest block above it) was given."""
-    while key:
-        if key in sources:
-            return sources[key]
-        key = key.rpartition(".")[0]
-    return "defaults"
-
-
-def _error(sources, key, value, allowed) -> SpecError:
-    return SpecError(f"{_where(sources, key)}: {key}: got {value!r}; allowed: {allowed}")
-
-
-def coerce(value: Any, hint: Any, key: str, sources: dict) -> Any:
-    """Convert ``value`` to ``hint`` where YAML leaves it loose (``1e-3`` is a string in YAML 1.1), else fail."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return coerce(value, arg, key, sources)
-            except SpecError:
-                pass
-        raise _error(sources, key, value, " or ".join([_describe(a) for a in args]))
-    if origin is Literal:
-        if value in args:
-            return value
-        raise _error(sources, key, value, "one of " + ", ".join(map(str, args)))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif origin in (tuple, list):
-        if isinstance(value, (list, tuple)):
-            item = args[0] if args else Any
-            return tuple(coerce(v, item, f"{key}[{i}]", sources) for i, v in enumerate(value))
-        raise _error(sources, key, value, f"a list of {_describe(args[0] if args else Any)}")
-    else:
-        return value
-    raise _error(sources, key, value, _describe(hint))
-
-
-def _describe(hint) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is type(None):
-        return "null"
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, args))
-    if origin in (tuple, list):
-        return f"a list of {_describe(args[0]) if args else 'values'}"
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
-
-
-def _fill(cls, values: dict, block: str, sources: dict, extra_options: dict | None = None):
-    hints = typing.get_type_hints(cls)
-    kwargs, options = {}, {}
-    for key, value in values.items():
-        dotted = f"{block}.{key}"
-        if key in hints and key != "options":
-            kwargs[key] = coerce(value, hints[key], dotted, sources)
-            check = next(f for f in dataclasses.fields(cls) if f.name == key).metadata.get("check")
-            if check and not check[0](kwargs[key]):
-                raise _error(sources, dotted, value, check[1])
-        elif extra_options is not None and key in extra_options:
-            hint, _ = extra_options[key]
-            options[key] = coerce(value, hint, dotted, sources)
-        else:
-            allowed = sorted(k for k in hints if k not in ("options", "name")) + sorted(extra_options or {})
-            raise SpecError(f"{_where(sources, dotted)}: {dotted}: unknown key; allowed: {', '.join(allowed)}")
-    if extra_options is not None:
-        # The resolved spec names every option, the builder's defaults included, so a run records all of them.
-        kwargs["options"] = {k: options.get(k, default) for k, (_, default) in extra_options.items()}
-    return kwargs
-
-
 def _build(name: str, path: Path | None, raw: dict, sources: dict) -> Spec:
     task = raw.get("task", "classification")
-    if task not in TASKS:
-        raise _error(sources, "task", task, "one of " + ", ".join(TASKS))
+    if not isinstance(task, str) or task not in tasks:
+        raise _error(sources, "task", task, "one of " + ", ".join(tasks.names()))
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise _error(sources, "description", description, "a string")
@@ -413,59 +293,53 @@ def _build(name: str, path: Path | None, raw: dict, sources: dict) -> Spec:
     model = ModelSpec(name=model_name, **_fill(ModelSpec, model_raw, "model", sources, models.options(model_name)))
     data = DataSpec(name=data_name, **_fill(DataSpec, data_raw, "data", sources, datasets.options(data_name)))
     train = TrainSpec(**_fill(TrainSpec, dict(raw["train"]), "train", sources))
+    _check_optimizer(train, sources)
+    task_ = tasks.get(task)()
+    if train.early_stopping is not None:
+        stop = train.early_stopping
+        metric = _check_metric(task, task_, stop.metric or task_.default_metric, "train.early_stopping.metric",
+                               sources)
+        if metric.startswith("val/") and data.val_fraction == 0:
+            raise _error(sources, "train.early_stopping.metric", metric, "a val/ metric with data.val_fraction > 0 "
+                         "(e.g. data.val_fraction=0.1), or a train/ metric")
+        train = dataclasses.replace(train, early_stopping=dataclasses.replace(stop, metric=metric))
     partial = Spec(name, path, description, task, model, data, train, SearchSpec("", "maximize", {}))
-    search = _build_search(partial, dict(raw["search"]), sources)
+    search = _build_search(partial, task_, dict(raw["search"]), sources)
     return dataclasses.replace(partial, search=search)
 
 
-def searchable_keys(spec: Spec) -> dict[str, Any]:
-    """Keys a study may search, with the spec's values: lr, wd, momentum (for the momentum optimizer), the
-    clipping norm, the batch size, and the model's float options (dropout rates among them)."""
-    out = {"train.lr": spec.train.lr, "train.wd": spec.train.wd, "data.batch_size": spec.data.batch_size}
-    if spec.train.optimizer == "momentum":
-        out["train.momentum"] = spec.train.momentum
-    if spec.train.clip_gradient is not None:
-        out["train.clip_gradient"] = spec.train.clip_gradient
-    for key, (hint, default) in models.options(spec.model.name).items():
-        if hint is float or typing.get_args(hint) == (float, type(None)):
-            out[f"model.{key}"] = spec.model.options.get(key, default)
-    return out
+def _check_metric(task: str, task_, metric: Any, key: str, sources: dict) -> str:
+    metric = coerce(metric, str, key, sources)
+    names = task_.metric_names
+    if not re.fullmatch(r"(train|val|test)/(" + "|".join(names) + ")", metric):
+        raise _error(sources, key, metric, f"a metric of task {task}: train/, val/ or test/ followed by "
+                     f"{' or '.join(names)}")
+    return metric
 
 
-def default_space(spec: Spec) -> dict[str, Range]:
-    """lr and wd on a log scale around the spec's own values, and every dropout rate the model can take: each
-    dropout option is its own rate, and one the model refuses at the range's end (a second rate for a
-    one-layer MLP) stays out."""
-    space = {
-        "train.lr": Range(spec.train.lr / 10, spec.train.lr * 10, log=True),
-        "train.wd": Range(1e-6, 1e-2, log=True),
-    }
-    for key in searchable_keys(spec):
-        if key.startswith("model.") and "dropout" in key:
-            try:
-                models.get(spec.model.name)(**{**spec.model.options, key[len("model."):]: 0.9})
-            except ValueError:
-                continue
-            space[key] = Range(0.0, 0.9)
-    return space
+def _check_optimizer(train: TrainSpec, sources: dict) -> None:
+    if not optimizers.known(train.optimizer):
+        raise _error(sources, "train.optimizer", train.optimizer, "one of " + ", ".join(optimizers.names()))
+    accepted = optimizers.accepted_params(train.optimizer)
+    for key, value in train.optimizer_params.items():
+        dotted = f"train.optimizer_params.{key}"
+        if key in optimizers.OWN_KEYS:
+            raise _error(sources, dotted, value, f"set it with {optimizers.OWN_KEYS[key]}")
+        if key not in accepted:
+            raise SpecError(f"{_where(sources, dotted)}: {dotted}: {train.optimizer!r} takes no option {key!r}; "
+                            f"allowed: {', '.join(sorted(accepted))}")
 
 
-def _build_search(spec: Spec, raw: dict, sources: dict) -> SearchSpec:
-    metric, direction = DEFAULT_SEARCH[spec.task]
+def _build_search(spec: Spec, task_, raw: dict, sources: dict) -> SearchSpec:
+    from mxlab.tuning.space import default_space, searchable_keys   # the search policy belongs to tuning
+
     unknown = set(raw) - {"metric", "direction", "space", _PATCHES}
     if unknown:
         key = f"search.{sorted(unknown)[0]}"
         raise SpecError(f"{_where(sources, key)}: {key}: unknown key; allowed: metric, direction, space")
-    metric = coerce(raw.get("metric", metric), str, "search.metric", sources)
-    from mxlab.tasks import tasks
-
-    names = tasks.get(spec.task)().metric_names
-    if not re.fullmatch(r"(train|val|test)/(" + "|".join(names) + ")", metric):
-        raise _error(sources, "search.metric", metric, f"a metric of task {spec.task}: train/, val/ or test/ "
-                     f"followed by {' or '.join(names)}")
-    if "direction" not in raw and "metric" in raw:
-        direction = "maximize" if metric.endswith("/acc") else "minimize"
-    direction = coerce(raw.get("direction", direction), Literal["maximize", "minimize"], "search.direction", sources)
+    metric = _check_metric(spec.task, task_, raw.get("metric", task_.default_metric), "search.metric", sources)
+    direction = coerce(raw.get("direction", task_.direction(metric)), Literal["maximize", "minimize"],
+                       "search.direction", sources)
     space_raw = raw.get("space")
     if space_raw is not None and not isinstance(space_raw, Mapping):
         raise _error(sources, "search.space", space_raw, "a mapping of dotted keys to {low, high, log}")

@@ -17,6 +17,13 @@ class Task:
     """Classification is the base case: cross-entropy, accuracy."""
 
     metric_names = ("loss", "acc")
+    # What a study optimises unless the spec says otherwise: a validation metric, never the test set.
+    default_metric = "val/acc"
+    higher_is_better = ("acc",)
+
+    def direction(self, metric: str) -> str:
+        """Which way ``metric`` (``val/acc``) improves: accuracy up, losses and perplexity down."""
+        return "maximize" if metric.rpartition("/")[2] in self.higher_is_better else "minimize"
 
     def loss(self, net):
         own = getattr(net, "loss", None)
@@ -55,6 +62,7 @@ def classification() -> Task:
 
 class RegressionTask(Task):
     metric_names = ("loss",)
+    default_metric = "val/loss"
 
     def default_loss(self):
         l2 = import_mxnet().gluon.loss.L2Loss()  # (y_hat - y)^2 / 2, the book's squared_loss
@@ -83,6 +91,7 @@ class LanguageModelTask(Task):
     """
 
     metric_names = ("loss", "ppl")
+    default_metric = "val/ppl"
 
     def default_loss(self):
         ce = import_mxnet().gluon.loss.SoftmaxCrossEntropyLoss()

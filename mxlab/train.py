@@ -15,9 +15,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mxlab import optimizers
 from mxlab.devices import import_mxnet
 from mxlab.registry import models
 from mxlab.tasks import tasks
+
+mx = import_mxnet()   # the one entry that prepares the interpreter (CUDA libraries, compatibility) first
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -25,7 +28,6 @@ class NonFiniteLoss(FloatingPointError):
 
 
 def seed_everything(seed: int) -> None:
-    mx = import_mxnet()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     mx.random.seed(seed % 2**31)
@@ -47,7 +49,7 @@ def build_net(spec, bundle=None):
 
 
 def initializer(name: str):
-    init = import_mxnet().init
+    init = mx.init
     return {"xavier": init.Xavier(), "normal": init.Normal(0.01), "uniform": init.Uniform()}[name]
 
 
@@ -62,7 +64,7 @@ def prepare_net(spec, bundle, ctx_list):
         net.initialize(ctx=ctx_list)
         return net
     net.initialize(initializer(spec.train.init), ctx=ctx_list)
-    if spec.train.hybridize and isinstance(net, import_mxnet().gluon.HybridBlock):
+    if spec.train.hybridize and isinstance(net, mx.gluon.HybridBlock):
         net.hybridize(static_alloc=True, static_shape=True)
     return net
 
@@ -74,29 +76,27 @@ def is_scratch(net) -> bool:
 # ---------------------------------------------------------------- updaters
 
 class GluonUpdater:
-    """A Gluon ``Trainer``; weight decay applies to weights only, never to biases or batch-norm shifts."""
+    """A Gluon ``Trainer`` with any optimizer MXNet registers; weight decay applies to weights only, never to
+    biases or batch-norm shifts."""
 
     def __init__(self, net, train, ctx_list):
-        gluon = import_mxnet().gluon
         params = net.collect_params()
         for name, param in params.items():
             if not name.endswith("weight"):
                 param.wd_mult = 0.0
-        if train.optimizer == "adam":
-            optimizer, options = "adam", {"learning_rate": train.lr, "wd": train.wd}
-        else:
-            momentum = train.momentum if train.optimizer == "momentum" else 0.0
-            optimizer, options = "sgd", {"learning_rate": train.lr, "wd": train.wd, "momentum": momentum}
+        options = {"learning_rate": train.lr, "wd": train.wd, **train.optimizer_params}
+        if train.optimizer == "momentum":
+            options["momentum"] = train.momentum
         self.clip = train.clip_gradient
         self.params = [p for p in params.values() if p.grad_req != "null"]
-        self.trainer = gluon.Trainer(params, optimizer, options, update_on_kvstore=False if len(ctx_list) > 1 or self.clip else None)
+        self.trainer = mx.gluon.Trainer(params, optimizers.mxnet_name(train.optimizer), options,
+                                        update_on_kvstore=False if len(ctx_list) > 1 or self.clip else None)
 
     def penalty(self):
         return None
 
     def step(self, count: int) -> None:
         if self.clip:
-            mx = import_mxnet()
             self.trainer.allreduce_grads()
             # Grads are sums over `count` examples: clip their mean to the threshold, as the book does.
             for ctx_grads in zip(*(p.list_grad() for p in self.params)):
@@ -131,10 +131,11 @@ class FitState:
     ctx: list
     history: list = field(default_factory=list)
     epoch: int = 0
+    stop_reason: str | None = None   # a callback sets it to end training after the current epoch
 
 
 def _split(batch, ctx_list):
-    gluon = import_mxnet().gluon
+    gluon = mx.gluon
     ctx_list = ctx_list[:batch.shape[0]]   # in evaluation, a batch smaller than the device count leaves some idle
     if len(ctx_list) == 1:
         return [batch.as_in_context(ctx_list[0])]
@@ -150,7 +151,6 @@ def _add(total, part):
 
 
 def train_epoch(state: FitState, task, loss_fn, callbacks) -> tuple[dict, int, float]:
-    mx = import_mxnet()
     autograd = mx.autograd
     loader, ctx_list = state.data.train, state.ctx
     carry = [task.begin_pass(state.net, loader, ctx) for ctx in ctx_list]
@@ -214,6 +214,7 @@ def fit(spec, net, data, ctx_list: Sequence, callbacks: Sequence = (), start_epo
 
     Callbacks get ``on_fit_begin(state)``, ``on_batch_end(state, i, n)``, ``on_epoch_end(state, metrics)`` and
     ``on_fit_end(state)``. A non-finite training loss raises :class:`NonFiniteLoss` before any callback sees it.
+    A callback that sets ``state.stop_reason`` ends training after that epoch (early stopping).
     """
     task = tasks.get(spec.task)()
     ctx_list = list(ctx_list)
@@ -242,6 +243,8 @@ def fit(spec, net, data, ctx_list: Sequence, callbacks: Sequence = (), start_epo
         state.history.append({"epoch": epoch, **metrics})
         for cb in callbacks:
             cb.on_epoch_end(state, metrics)
+        if state.stop_reason:
+            break
     for cb in callbacks:
         cb.on_fit_end(state)
     return state.history

@@ -13,7 +13,7 @@ import pytest
 import mxlab.models  # noqa: F401  (registers the zoo)
 from mxlab.devices import import_mxnet
 from mxlab.registry import models
-from mxlab.spec import import_experiment_model
+from mxlab.workspace import import_experiment_model
 from mxlab.tasks import tasks
 
 mx = import_mxnet()

@@ -5,7 +5,7 @@ import json
 
 from mxlab import reproduce
 from mxlab.reproduce import ROWS, Row, meets_book, render
-from mxlab.spec import experiment_names
+from mxlab.workspace import experiment_names
 
 
 def test_every_row_names_a_real_experiment_and_every_experiment_has_a_row():

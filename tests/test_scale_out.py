@@ -138,7 +138,7 @@ def _tune(*args: str) -> list[str]:
 
 
 def _study(storage, name: str):
-    from mxlab.tune import open_storage
+    from mxlab.tuning.storage import open_storage
 
     if isinstance(storage, str):
         storage = open_storage(storage, heartbeat=None)
@@ -195,7 +195,7 @@ def test_a_killed_worker_s_trial_is_failed_and_retried(cluster):
     # Heartbeat every 2 s: a trial silent for 4 s is stale. Four epochs leave time to kill one mid-trial.
     proc = subprocess.Popen(_tune("--trials", "6", "--study", "killed", "--heartbeat", "2", "train.epochs=4",
                                   *QUICK), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    from mxlab.tune import open_storage
+    from mxlab.tuning.storage import open_storage
 
     storage = open_storage(cluster, heartbeat=None)   # one engine for all the polling
     victim = None

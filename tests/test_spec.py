@@ -56,8 +56,14 @@ def test_wrong_type_and_impossible_values(root):
     assert str(path) in str(err.value)
     with pytest.raises(SpecError, match=r"command line: train\.epochs: got 'many'; allowed: an integer"):
         load_spec("e", ["train.lr=0.1", "train.epochs=many"])
-    with pytest.raises(SpecError, match=r"train\.optimizer: got 'rmsprop'; allowed: one of sgd, momentum, adam"):
-        load_spec("e", ["train.lr=0.1", "train.optimizer=rmsprop"])
+    with pytest.raises(SpecError, match=r"train\.optimizer: got 'rmsprp'; allowed: one of .*adam.*momentum.*rmsprop.*sgd"):
+        load_spec("e", ["train.lr=0.1", "train.optimizer=rmsprp"])
+    for bad in ("inf", ".inf", "1e400", "nan"):    # never a setting: refused with the spec, not mid-run
+        for key in ("train.lr", "train.wd", "train.clip_gradient"):
+            with pytest.raises(SpecError, match=rf"command line: {key}: got .*allowed: .*finite number"):
+                load_spec("e", ["train.lr=0.1", f"{key}={bad}"])
+    with pytest.raises(SpecError, match=r"train\.seed: got -1; allowed: an integer in \[0"):
+        load_spec("e", ["train.lr=0.1", "train.seed=-1"])
     with pytest.raises(SpecError, match=r"data\.val_fraction: got 1\.5"):
         load_spec("e", ["train.lr=0.1", "data.val_fraction=1.5"])
 
@@ -81,6 +87,49 @@ def test_duplicate_yaml_key_is_an_error(root):
     with pytest.raises(SpecError, match="duplicate key 'train'") as err:
         read_yaml(path)
     assert str(path) in str(err.value)
+
+
+def test_any_optimizer_mxnet_registers_with_its_own_options(root):
+    write_experiment(root, "e", BASE)
+    spec = load_spec("e", ["train.optimizer=rmsprop", "train.optimizer_params={gamma1: 0.8}"])
+    assert spec.train.optimizer == "rmsprop" and spec.train.optimizer_params == {"gamma1": 0.8}
+    assert spec.flat()["train.optimizer_params.gamma1"] == 0.8
+    assert load_spec("e", ["train.optimizer=nag", "train.optimizer_params.momentum=0.9"]).train.optimizer_params == {
+        "momentum": 0.9}
+    with pytest.raises(SpecError, match=r"train\.optimizer_params\.gamma1: 'adagrad' takes no option 'gamma1'; "
+                                        r"allowed: .*eps"):
+        load_spec("e", ["train.optimizer=adagrad", "train.optimizer_params.gamma1=0.9"])
+    with pytest.raises(SpecError, match=r"train\.optimizer_params\.learning_rate: got 0\.1; allowed: set it with "
+                                        r"train\.lr"):
+        load_spec("e", ["train.optimizer=adam", "train.optimizer_params.learning_rate=0.1"])
+
+
+def test_early_stopping_block(root):
+    write_experiment(root, "e", BASE + "train:\n  early_stopping: {patience: 2}\n")
+    with pytest.raises(SpecError, match=r"train\.early_stopping\.metric: got 'val/acc'; allowed: a val/ metric "
+                                        r"with data\.val_fraction > 0"):
+        load_spec("e")
+    spec = load_spec("e", ["data.val_fraction=0.1", "train.early_stopping.min_delta=0.01"])
+    stop = spec.train.early_stopping
+    assert (stop.metric, stop.patience, stop.min_delta) == ("val/acc", 2, 0.01)   # the file's patience kept
+    assert spec.replace(**{"train.lr": 0.2}).train.early_stopping == stop          # survives a round trip
+    with pytest.raises(SpecError, match=r"command line: train\.early_stopping\.patience: got 0; allowed: an integer >= 1"):
+        load_spec("e", ["data.val_fraction=0.1", "train.early_stopping.patience=0"])
+    with pytest.raises(SpecError, match=r"train\.early_stopping\.mode: unknown key; allowed: metric, min_delta, patience"):
+        load_spec("e", ["data.val_fraction=0.1", "train.early_stopping.mode=max"])
+    assert load_spec("e", ["train.early_stopping=null"]).train.early_stopping is None
+
+
+def test_presets_layer_between_the_file_and_the_command_line(root):
+    path = write_experiment(root, "e", BASE + "train: {lr: 0.5, epochs: 3}\n")
+    (path.parent / "tuned.yaml").write_text("# found by a study\ntrain: {lr: 0.2, wd: 1.0e-4}\n")
+    spec = load_spec("e", ["train.wd=0.001"], preset="tuned")
+    assert (spec.train.lr, spec.train.wd, spec.train.epochs) == (0.2, 0.001, 3)
+    (path.parent / "tuned.yaml").write_text("train: {lr: -1}\n")
+    with pytest.raises(SpecError, match=rf"^{path.parent / 'tuned.yaml'}: train\.lr: got -1"):
+        load_spec("e", preset="tuned")
+    with pytest.raises(ValueError, match=r"experiment 'e' has no preset 'fast' .*; its presets: tuned"):
+        load_spec("e", preset="fast")
 
 
 def test_unknown_experiment_lists_known_and_names_are_confined(root):
@@ -151,7 +200,7 @@ def read_yaml_text(text):
 
 
 def test_every_repository_experiment_validates():
-    from mxlab.spec import experiment_names
+    from mxlab.workspace import experiment_names
     from mxlab.train import build_net
 
     names = experiment_names()

@@ -295,12 +295,13 @@ def test_sampler_refuses_prefixes_the_full_corpus_lacks(workspace, tmp_path):
 def test_tracked_run_logs_text_samples(workspace):
     from mlflow.tracking import MlflowClient
 
-    from mxlab.tracking import run_experiment, tracking_uri
+    from mxlab.runner import run
+    from mxlab.tracking import tracking_uri
 
     # data.limit keeps only the head of the corpus: 白 is in it, 床 is not, so that prefix is noted as skipped.
     spec = load_spec("gru", ["train.epochs=2", "data.limit=3000", "train.device=cpu", "model.num_hiddens=16",
                              "train.sample_every=1", "train.sample_length=8", "train.sample_prefixes=[白, 床前]"])
-    result = run_experiment(spec, progress=False)
+    result = run(spec, progress=False)
     assert result.status == "FINISHED"
     c = MlflowClient(tracking_uri())
     logged = sorted(f.path for f in c.list_artifacts(result.run_id, "samples"))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mxlab import tracking
+from mxlab import runner, tracking
 from mxlab.data import load_data
 from mxlab.spec import from_dict, load_spec
 from mxlab.tasks import tasks
@@ -40,7 +40,7 @@ def artifact_paths(client, run_id, path=None):
 @pytest.mark.parametrize("name", sorted(CORE))
 def test_run_is_recorded(workspace, name):
     spec = load_spec(name, CORE[name])
-    result = tracking.run_experiment(spec, progress=False)
+    result = runner.run(spec, progress=False)
     client = tracking.client()
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -80,7 +80,7 @@ def test_run_is_recorded(workspace, name):
 @pytest.mark.parametrize("name", ["lenet", "softmax_scratch"])
 def test_final_params_and_pyfunc_reproduce_logged_test_accuracy(workspace, name):
     spec = load_spec(name, ["train.epochs=1", "data.limit=1000"])
-    result = tracking.run_experiment(spec, progress=False)
+    result = runner.run(spec, progress=False)
     client = tracking.client()
     params = client.download_artifacts(result.run_id, "params/final.params")
 
@@ -106,7 +106,7 @@ def test_cli_reports_a_non_finite_loss_in_one_line(workspace):
 def test_non_finite_loss_fails_the_run(workspace):
     spec = load_spec("linreg_scratch", ["train.lr=1e6"])
     with pytest.raises(FloatingPointError):
-        tracking.run_experiment(spec, progress=False)
+        runner.run(spec, progress=False)
     client = tracking.client()
     (run,) = client.search_runs([client.get_experiment_by_name("linreg_scratch").experiment_id])
     assert run.info.status == "FAILED"
@@ -157,7 +157,7 @@ def test_cli_run_json_is_one_object(workspace):
 
 def test_pyfunc_of_a_folder_model_loads_in_a_fresh_process(workspace):
     """custom_block's model is registered by its folder's model.py, which travels with the MLflow model."""
-    result = tracking.run_experiment(load_spec("custom_block", ["train.epochs=1", "data.limit=300"]), progress=False)
+    result = runner.run(load_spec("custom_block", ["train.epochs=1", "data.limit=300"]), progress=False)
     code = ("import mlflow, numpy as np; mlflow.set_tracking_uri(%r); "
             "m = mlflow.pyfunc.load_model('runs:/%s/model'); print(m.predict(np.zeros((3, 1, 28, 28))).shape)"
             % (tracking.tracking_uri(), result.run_id))
@@ -171,7 +171,7 @@ def test_pyfunc_of_a_folder_model_loads_in_a_fresh_process(workspace):
 def test_language_model_pyfunc_predicts_like_the_network(workspace, name):
     """A recurrent network takes its state too: the model is rebuilt from its spec, vocab_size included."""
     spec = load_spec(name, ["train.epochs=1", "data.limit=3000", "data.batch_size=4", "train.sample_every=0"])
-    result = tracking.run_experiment(spec, progress=False)
+    result = runner.run(spec, progress=False)
     client = tracking.client()
     bundle = load_data(spec, mx.cpu())
     net = build_net(spec, bundle)

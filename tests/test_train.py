@@ -7,6 +7,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from mxlab import runner
 from mxlab.callbacks import Checkpoint
 from mxlab.data import load_data
 from mxlab.spec import load_spec
@@ -15,11 +16,11 @@ from mxlab.train import NonFiniteLoss, fit, make_updater, prepare_net
 SMALL = ["data.limit=512", "data.batch_size=64", "train.epochs=2"]
 
 
-def train(name, overrides, ctx_list, callbacks=()):
-    spec = load_spec(name, overrides)
-    bundle = load_data(spec, ctx_list[0])
-    net = prepare_net(spec, bundle, ctx_list)
-    return net, fit(spec, net, bundle, ctx_list, callbacks)
+def train(name, overrides, ctx_list):
+    """The runner's own path, untracked, on the given CPU contexts."""
+    device = "cpu:" + ",".join(str(c.device_id) for c in ctx_list)
+    result = runner.run(load_spec(name, [*overrides, f"train.device={device}"]), track=False, progress=False)
+    return result.net, result.history
 
 
 def without_perf(history):

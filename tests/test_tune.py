@@ -6,7 +6,9 @@ import json
 import optuna
 import pytest
 
-from mxlab import cli, tune
+from mxlab import cli
+from mxlab.tuning import space, storage
+from mxlab.tuning import study as studies
 from mxlab.spec import SpecError, load_spec
 from mxlab.tracking import client
 
@@ -36,22 +38,22 @@ def test_space_errors_come_before_any_trial_or_run(workspace, capsys):
     for override, message in cases.items():
         leaf = override.split("=")[0].rsplit(".", 1)[0]
         with pytest.raises(SpecError, match=message):
-            tune.tune("lenet", [override, f"{leaf}.high=0.5", *QUICK])
+            studies.tune("lenet", [override, f"{leaf}.high=0.5", *QUICK])
     with pytest.raises(SpecError, match="search.space.train.lr.*low <= high"):
-        tune.tune("lenet", ["search.space.train.lr.low=0.5", "search.space.train.lr.high=0.1", *QUICK])
+        studies.tune("lenet", ["search.space.train.lr.low=0.5", "search.space.train.lr.high=0.1", *QUICK])
     with pytest.raises(SpecError, match="low > 0 when log is true"):
-        tune.tune("lenet", ["search.space.train.wd.low=0", "search.space.train.wd.high=0.1",
+        studies.tune("lenet", ["search.space.train.wd.low=0", "search.space.train.wd.high=0.1",
                             "search.space.train.wd.log=true", *QUICK])
     # Ends that the spec itself refuses are caught before the study, not by a failing trial.
     with pytest.raises(SpecError, match=r"search.space.train.momentum: high=1.5 .*\[0, 1\)"):
-        tune.tune("lenet", ["train.optimizer=momentum", "search.space.train.momentum.low=0.5",
+        studies.tune("lenet", ["train.optimizer=momentum", "search.space.train.momentum.low=0.5",
                             "search.space.train.momentum.high=1.5", *QUICK])
     # Momentum is searchable only where the optimizer uses it.
     with pytest.raises(SpecError, match="'train.momentum' cannot be searched"):
-        tune.tune("lenet", ["search.space.train.momentum.low=0.5", "search.space.train.momentum.high=0.9", *QUICK])
+        studies.tune("lenet", ["search.space.train.momentum.low=0.5", "search.space.train.momentum.high=0.9", *QUICK])
     # Several workers on sqlite are refused with what to do instead.
     with pytest.raises(ValueError, match="--workers 2 needs a database server.*postgresql://"):
-        tune.tune("lenet", QUICK, tune.TuneOptions(workers=2))
+        studies.tune("lenet", QUICK, studies.TuneOptions(workers=2))
     # Through the command line: a clear message and exit code 2.
     assert cli.main(["tune", "lenet", "search.space.train.lr.low=1", "search.space.train.lr.high=0.1"]) == 2
     assert "low <= high" in capsys.readouterr().err
@@ -60,34 +62,34 @@ def test_space_errors_come_before_any_trial_or_run(workspace, capsys):
 
 
 def test_default_space_and_validation_hold_out(workspace):
-    spec, notes = tune.tuning_spec("lenet", QUICK)
+    spec, notes = space.tuning_spec("lenet", QUICK)
     assert set(spec.search.space) == {"train.lr", "train.wd"}
     assert spec.search.space["train.lr"].log and spec.search.space["train.wd"].log
-    assert spec.search.metric == "val/acc" and spec.data.val_fraction == tune.TUNE_VAL_FRACTION
+    assert spec.search.metric == "val/acc" and spec.data.val_fraction == space.TUNE_VAL_FRACTION
     assert "val_fraction" in notes[0]
-    own, notes = tune.tuning_spec("lenet", [*QUICK, "data.val_fraction=0.2"])
+    own, notes = space.tuning_spec("lenet", [*QUICK, "data.val_fraction=0.2"])
     assert own.data.val_fraction == 0.2 and not notes
-    params, moved = tune.baseline_params(spec)
+    params, moved = space.baseline_params(spec)
     # The spec's own lr; wd 0 cannot sit on a log scale and moves to the low end.
     assert params == {"train.lr": 0.9, "train.wd": spec.search.space["train.wd"].low}
     assert "train.wd=0.0" in moved[0]
 
 
 def test_each_dropout_rate_is_searched_on_its_own(workspace):
-    spec, _ = tune.tuning_spec("dropout", QUICK)   # the book's MLP: dropout1=0.2, then dropout2=0.5
+    spec, _ = space.tuning_spec("dropout", QUICK)   # the book's MLP: dropout1=0.2, then dropout2=0.5
     assert set(spec.search.space) == {"train.lr", "train.wd", "model.dropout1", "model.dropout2"}
     trial = optuna.trial.FixedTrial({"train.lr": 0.1, "train.wd": 1e-4, "model.dropout1": 0.1, "model.dropout2": 0.7})
-    trained = spec.replace(**tune.suggest(trial, spec))
+    trained = spec.replace(**space.suggest(trial, spec))
     assert (trained.model.options["dropout1"], trained.model.options["dropout2"]) == (0.1, 0.7)
-    assert tune.baseline_params(spec)[0]["model.dropout1"] == 0.2
-    assert tune.baseline_params(spec)[0]["model.dropout2"] == 0.5
+    assert space.baseline_params(spec)[0]["model.dropout1"] == 0.2
+    assert space.baseline_params(spec)[0]["model.dropout2"] == 0.5
     # One hidden layer has no second dropout: a range for dropout2 there is refused before the study starts.
     with pytest.raises(SpecError, match="search.space.model.dropout2: high=0.5 does not make a valid experiment"):
-        tune.tuning_spec("mlp", [*QUICK, "search.space.model.dropout2.low=0", "search.space.model.dropout2.high=0.5"])
+        space.tuning_spec("mlp", [*QUICK, "search.space.model.dropout2.low=0", "search.space.model.dropout2.high=0.5"])
 
 
 def test_pruned_trials_leave_pruned_child_runs(workspace):
-    result = tune.tune("lenet", QUICK, tune.TuneOptions(trials=2, pruner=AlwaysPrune(), seed=0, progress=False))
+    result = studies.tune("lenet", QUICK, studies.TuneOptions(trials=2, pruner=AlwaysPrune(), seed=0, progress=False))
     assert result["states"]["PRUNED"] == 2 and result["n_trials"] == 2
     assert result["best_value"] is None and result["best_params"] == {}
     c, parents, children = _runs("lenet")
@@ -111,7 +113,7 @@ def test_failed_trials_leave_the_study_usable_and_resume_adds_trials(workspace, 
     # Softmax regression at lr ~1e38 overflows to NaN: every trial of this space fails, the baseline too.
     nan_space = ["search.space.train.lr.low=1e37", "search.space.train.lr.high=1e38",
                  "search.space.train.lr.log=true"]
-    first = tune.tune("softmax", [*QUICK, *nan_space], tune.TuneOptions(trials=2, seed=1, progress=False))
+    first = studies.tune("softmax", [*QUICK, *nan_space], studies.TuneOptions(trials=2, seed=1, progress=False))
     assert first["states"]["FAIL"] == 2 and first["best_value"] is None
     assert (study_dir / "optuna.db").exists()
     c, parents, children = _runs("softmax")
@@ -121,11 +123,11 @@ def test_failed_trials_leave_the_study_usable_and_resume_adds_trials(workspace, 
     assert [p.info.status for p in parents] == ["FINISHED"]
 
     # The same study goes on with a sane space; its trials add up.
-    second = tune.tune("softmax", QUICK, tune.TuneOptions(trials=2, seed=1, pruner="none", progress=False))
+    second = studies.tune("softmax", QUICK, studies.TuneOptions(trials=2, seed=1, pruner="none", progress=False))
     assert second["n_trials"] == 4 and second["states"]["COMPLETE"] == 2 and second["states"]["FAIL"] == 2
     assert second["parent_run_id"] != first["parent_run_id"]
     assert 0 < second["best_value"] <= 1
-    study = optuna.load_study(study_name="softmax", storage=tune.default_storage())
+    study = optuna.load_study(study_name="softmax", storage=storage.storage_url())
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
     assert study.trials[0].params["train.lr"] >= 1e37   # the baseline, moved into the NaN range, ran first
 
@@ -176,17 +178,17 @@ def test_json_output_is_one_object_on_stdout(workspace, capfd):
 
 
 def test_storage_password_is_removed():
-    assert tune.redact("postgresql://mxlab:s3cr%40t@db.lab:5432/optuna") == "postgresql://mxlab@db.lab:5432/optuna"
-    assert tune.redact("sqlite:////tmp/x/optuna.db") == "sqlite:////tmp/x/optuna.db"
+    assert storage.redact("postgresql://mxlab:s3cr%40t@db.lab:5432/optuna") == "postgresql://mxlab@db.lab:5432/optuna"
+    assert storage.redact("sqlite:////tmp/x/optuna.db") == "sqlite:////tmp/x/optuna.db"
 
 
 def test_resumed_study_must_keep_its_metric(workspace):
-    tune.tune("lenet", QUICK, tune.TuneOptions(trials=1, pruner="none", progress=False))
+    studies.tune("lenet", QUICK, studies.TuneOptions(trials=1, pruner="none", progress=False))
     with pytest.raises(ValueError, match="optimises val/acc, but search.metric is val/loss"):
-        tune.tune("lenet", [*QUICK, "search.metric=val/loss", "search.direction=maximize"],
-                  tune.TuneOptions(trials=1, progress=False))
+        studies.tune("lenet", [*QUICK, "search.metric=val/loss", "search.direction=maximize"],
+                  studies.TuneOptions(trials=1, progress=False))
     with pytest.raises(ValueError, match="maximizes, but search.direction is minimize"):
-        tune.tune("lenet", [*QUICK, "search.metric=val/loss"], tune.TuneOptions(trials=1, progress=False))
+        studies.tune("lenet", [*QUICK, "search.metric=val/loss"], studies.TuneOptions(trials=1, progress=False))
     assert load_spec("lenet").search.metric == "val/acc"
 
 
@@ -197,8 +199,8 @@ def test_dashboard_serves_the_study_on_localhost_only(workspace):
     import time
     import urllib.request
 
-    tune.load_or_create_study(tune.tuning_spec("lenet", QUICK)[0], "lenet",
-                              tune.open_storage(tune.default_storage(), heartbeat=None))
+    studies.load_or_create_study(space.tuning_spec("lenet", QUICK)[0], "lenet",
+                              storage.open_storage(storage.storage_url(), heartbeat=None))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -231,7 +233,7 @@ def test_a_metric_the_experiment_lacks_stops_the_study_after_one_trial(workspace
     code = cli.main(["tune", "linreg", "--trials", "3", "search.metric=test/loss", *QUICK])
     assert code == 2
     assert "search.metric 'test/loss' is not among this run's metrics" in capsys.readouterr().err
-    study = optuna.load_study(study_name="linreg", storage=tune.default_storage())
+    study = optuna.load_study(study_name="linreg", storage=storage.storage_url())
     assert [t.state.name for t in study.trials] == ["FAIL"]   # one trial, not three
     c, parents, children = _runs("linreg")
     assert [p.info.status for p in parents] == ["FAILED"]

@@ -11,7 +11,7 @@ import tempfile
 import time
 import urllib.request
 
-from mxlab import tracking
+from mxlab import runner, tracking
 from mxlab.spec import load_spec
 
 
@@ -46,7 +46,7 @@ def listening_addresses(port: int) -> set[str]:
 
 
 def test_ui_serves_the_runs(workspace):
-    result = tracking.run_experiment(load_spec("linreg", ["train.epochs=1"]), progress=False)
+    result = runner.run(load_spec("linreg", ["train.epochs=1"]), progress=False)
     run_name = tracking.client().get_run(result.run_id).info.run_name
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mxlab.cli", "ui", "--port", str(port)],

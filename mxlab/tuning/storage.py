@@ -1,0 +1,79 @@
+"""Where studies live: the storage URL, its password kept out of sight, and an Optuna storage whose tables exist.
+
+``--storage URL``, else ``MXLAB_OPTUNA_STORAGE``, else ``sqlite:///<root>/mlruns/optuna.db``. sqlite is for one
+worker; several workers share a PostgreSQL database.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from mxlab import workspace
+
+HEARTBEAT_SECONDS = 60     # how often a running trial proves its worker alive
+
+
+@contextlib.contextmanager
+def quiet_optuna():
+    """Heartbeats and stale-trial retry are marked experimental in Optuna; they are what scale-out relies on."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def storage_url(url: str | None = None, root: Path | None = None) -> str:
+    return workspace.optuna_url(url, root)
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password, fit for tags, logs and JSON."""
+    from sqlalchemy.engine import URL, make_url
+
+    try:
+        u = make_url(url)
+    except Exception:
+        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1@", url)
+    if u.password is None:
+        return url
+    return URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query).render_as_string(
+        hide_password=False)
+
+
+def driver_url(url: str) -> str:
+    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 means psycopg 3 by it, mxlab ships psycopg2."""
+    if url.startswith("postgresql://"):
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite:")
+
+
+def open_storage(url: str, *, heartbeat: int | None = HEARTBEAT_SECONDS, on_stale=None):
+    """An Optuna ``RDBStorage`` whose tables exist; with ``heartbeat``, ``on_stale(study, trial)`` handles a trial
+    whose worker stopped beating."""
+    import optuna
+
+    kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
+    if heartbeat:
+        kwargs.update(heartbeat_interval=int(heartbeat), grace_period=int(2 * heartbeat),
+                      heartbeat_stale_trial_callback=on_stale)
+    if not url.startswith(("sqlite:", "postgresql", "mysql")):
+        raise ValueError(f"study storage {redact(url)!r} is not supported; allowed: sqlite:///path/optuna.db "
+                         f"(one worker) or postgresql://user:password@host:port/database (several workers)")
+    with quiet_optuna():
+        if is_sqlite(url):
+            path = Path(url.removeprefix("sqlite:///"))
+            # The schema is created once, under a lock beside the file, before any other process touches it.
+            with workspace.file_lock(path.parent / f".{path.name}.lock"):
+                return optuna.storages.RDBStorage(url, **kwargs)
+        return optuna.storages.RDBStorage(driver_url(url), **kwargs)

@@ -1,0 +1,112 @@
+"""The runner and the Python API: one path from a spec to a run, tracked or not."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+
+import mxlab
+from mxlab import runner, tracking
+from mxlab.spec import load_spec
+from tests.conftest import REPO
+
+# Recorded with a fixed seed (the specs' own, 42) before the runner moved out of tracking: the reorganisation
+# must not change a single number. linreg is the book's full 3 epochs; softmax is 2 epochs on 5,000 images.
+GOLDEN = {
+    "linreg": ({}, {"train/loss": 6.884749233722687e-05, "l2_norm_w": 3.9438912868499756}),
+    "softmax": ({"train.epochs": 2, "data.limit": 5000},
+                {"train/loss": 0.95629677734375, "train/acc": 0.7068, "test/loss": 0.90229794921875,
+                 "test/acc": 0.7064}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_metrics_survive_the_move(workspace, name):
+    overrides, expected = GOLDEN[name]
+    result = mxlab.run(name, overrides, track=False, progress=False)
+    assert result.run_id is None and result.status == "FINISHED"
+    for key, value in expected.items():
+        assert result.metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def test_an_untracked_run_loads_neither_mlflow_nor_optuna(workspace):
+    probe = ("import json, sys, mxlab\n"
+             "r = mxlab.run('linreg', ['train.epochs=1'], track=False, progress=False)\n"
+             "print(json.dumps({'loaded': sorted(m for m in ('mlflow', 'optuna', 'mxnet') if m in sys.modules),\n"
+             "                  'run_id': r.run_id, 'loss': r.metrics['train/loss']}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout.strip().splitlines()[-1])
+    assert payload["loaded"] == ["mxnet"]
+    assert payload["run_id"] is None and math.isfinite(payload["loss"])
+    assert not (workspace / "mlruns").exists()   # no store was created either
+
+
+def test_import_mxlab_imports_no_framework():
+    probe = "import sys, mxlab; print(sorted(m for m in ('mxnet', 'mlflow', 'optuna') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_overrides_as_a_dict_or_a_list_give_the_same_spec(workspace):
+    as_dict = mxlab.load_spec("lenet", {"train.lr": 0.3, "data.limit": 100, "train.sample_prefixes": ["a", "b"]})
+    as_list = mxlab.load_spec("lenet", ["train.lr=0.3", "data.limit=100", "train.sample_prefixes=[a, b]"])
+    assert as_dict == as_list and as_dict.train.lr == 0.3
+    with pytest.raises(TypeError, match="overrides: got the string"):
+        mxlab.load_spec("lenet", "train.lr=0.3")
+
+
+def test_a_tracked_run_records_what_the_untracked_one_computes(workspace):
+    spec = load_spec("softmax", ["train.epochs=1", "data.limit=1000"])
+    untracked = runner.run(spec, track=False, progress=False)
+    tracked = runner.run(spec, progress=False)
+    assert untracked.metrics["test/acc"] == tracked.metrics["test/acc"]
+    run = tracking.client().get_run(tracked.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["test/acc"] == tracked.metrics["test/acc"]
+    assert run.data.tags["mxlab.pid"].isdigit() and run.data.tags["host"]
+
+
+def test_early_stopping_ends_the_run_and_says_why(workspace):
+    # No epoch can improve train/loss by 100: epoch 1 sets the best, epoch 2 is one stale epoch, then it stops.
+    overrides = {"train.epochs": 5, "data.limit": 1000,
+                 "train.early_stopping": {"metric": "train/loss", "patience": 1, "min_delta": 100}}
+    result = runner.run(load_spec("softmax", overrides), progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert re.match(r"early stopping at epoch 2: train/loss did not improve", result.stop_reason)
+    run = tracking.client().get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mxlab.stopped_early"] == result.stop_reason
+    # A patient enough run trains every epoch.
+    patient = runner.run(load_spec("softmax", {**overrides, "train.epochs": 2, "train.early_stopping.patience": 3}),
+                         track=False, progress=False)
+    assert len(patient.history) == 2 and patient.stop_reason is None
+
+
+@pytest.mark.parametrize("optimizer, params", [("rmsprop", {"gamma1": 0.9}), ("nag", {"momentum": 0.9}),
+                                               ("adagrad", {})])
+def test_any_registered_optimizer_trains(workspace, optimizer, params):
+    spec = load_spec("lenet", {"train.epochs": 2, "data.limit": 1000, "train.lr": 0.01, "train.optimizer": optimizer,
+                               "train.optimizer_params": params, "train.device": "cpu"})
+    history = runner.run(spec, track=False, progress=False).history
+    assert history[-1]["train/loss"] < history[0]["train/loss"]
+
+
+def test_a_scratch_model_says_it_steps_with_its_own_sgd(workspace):
+    with pytest.raises(ValueError, match=r"train\.optimizer: got 'nag'; a from-scratch model steps with its "
+                                         r"hand-written sgd only"):
+        mxlab.run("softmax_scratch", {"train.optimizer": "nag", "data.limit": 100}, track=False, progress=False)
+
+
+def test_readme_from_python_example_runs(workspace, monkeypatch):
+    """The README's "From Python" section is code a researcher pastes into a notebook: it must work."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## From Python", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md (From Python)", "exec"), namespace)
+    assert namespace["result"].status == "FINISHED"
+    assert 0 < namespace["result"].metrics["test/acc"] <= 1
+    assert namespace["study"]["best_value"] is not None
