@@ -11,7 +11,7 @@ import pytest
 
 import mxlab
 from mxlab import runner, tracking
-from mxlab.spec import load_spec
+
 from tests.conftest import REPO
 
 # Recorded with a fixed seed (the specs' own, 42) before the runner moved out of tracking: the reorganisation
@@ -61,7 +61,7 @@ def test_overrides_as_a_dict_or_a_list_give_the_same_spec(workspace):
 
 
 def test_a_tracked_run_records_what_the_untracked_one_computes(workspace):
-    spec = load_spec("softmax", ["train.epochs=1", "data.limit=1000"])
+    spec = mxlab.load_spec("softmax", ["train.epochs=1", "data.limit=1000"])
     untracked = runner.run(spec, track=False, progress=False)
     tracked = runner.run(spec, progress=False)
     assert untracked.metrics["test/acc"] == tracked.metrics["test/acc"]
@@ -74,13 +74,13 @@ def test_early_stopping_ends_the_run_and_says_why(workspace):
     # No epoch can improve train/loss by 100: epoch 1 sets the best, epoch 2 is one stale epoch, then it stops.
     overrides = {"train.epochs": 5, "data.limit": 1000,
                  "train.early_stopping": {"metric": "train/loss", "patience": 1, "min_delta": 100}}
-    result = runner.run(load_spec("softmax", overrides), progress=False)
+    result = runner.run(mxlab.load_spec("softmax", overrides), progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert re.match(r"early stopping at epoch 2: train/loss did not improve", result.stop_reason)
     run = tracking.client().get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["mxlab.stopped_early"] == result.stop_reason
     # A patient enough run trains every epoch.
-    patient = runner.run(load_spec("softmax", {**overrides, "train.epochs": 2, "train.early_stopping.patience": 3}),
+    patient = runner.run(mxlab.load_spec("softmax", {**overrides, "train.epochs": 2, "train.early_stopping.patience": 3}),
                          track=False, progress=False)
     assert len(patient.history) == 2 and patient.stop_reason is None
 
@@ -88,7 +88,7 @@ def test_early_stopping_ends_the_run_and_says_why(workspace):
 @pytest.mark.parametrize("optimizer, params", [("rmsprop", {"gamma1": 0.9}), ("nag", {"momentum": 0.9}),
                                                ("adagrad", {})])
 def test_any_registered_optimizer_trains(workspace, optimizer, params):
-    spec = load_spec("lenet", {"train.epochs": 2, "data.limit": 1000, "train.lr": 0.01, "train.optimizer": optimizer,
+    spec = mxlab.load_spec("lenet", {"train.epochs": 2, "data.limit": 1000, "train.lr": 0.01, "train.optimizer": optimizer,
                                "train.optimizer_params": params, "train.device": "cpu"})
     history = runner.run(spec, track=False, progress=False).history
     assert history[-1]["train/loss"] < history[0]["train/loss"]
