@@ -75,6 +75,8 @@ class TrainSpec:
     sample_length: int = field(default=50, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
     # Stop when a metric has not improved for `patience` epochs; null trains every epoch.
     early_stopping: Optional[EarlyStoppingSpec] = None
+    # MLflow's sampler of CPU, memory, disk, network (and GPU with nvidia-ml-py) beside the run; tracked runs only.
+    system_metrics: bool = True
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import yaml
 
 from mxlab import runner, tracking
 from mxlab.data import load_data
+from mxlab.models.rnn import predict_rnn
 from mxlab.spec import from_dict, load_spec
 from mxlab.tasks import tasks
 from mxlab.train import build_net, evaluate
@@ -49,6 +50,15 @@ def test_run_is_recorded(workspace, name):
     assert experiment.name == name
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert experiment.artifact_location.startswith((workspace / "mlruns" / "artifacts").as_uri())
+    assert experiment.tags["mlflow.note.content"] == spec.description   # the experiment's description
+    # The name says what differs from experiment.yaml; the notes hold the command that made the run.
+    assert run.info.run_name == " ".join([name, *sorted(CORE[name])])
+    assert run.data.tags["mlflow.note.content"]
+    inputs = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+    assert "training" in inputs and inputs["training"].name == f"{spec.data.name}-train"
+    assert len(inputs["training"].digest) == 16 and json.loads(inputs["training"].profile)
+    if spec.data.val_fraction:
+        assert "validation" in inputs
 
     assert run.data.params == {k: str(v) for k, v in spec.flat().items()}
     tags = run.data.tags
@@ -69,7 +79,9 @@ def test_run_is_recorded(workspace, name):
     assert loss_history[-1].value == pytest.approx(result.metrics["train/loss"])
 
     artifacts = set(artifact_paths(client, result.run_id))
-    assert {"spec.yaml", "params/final.params", "model_summary.txt", "curves.png", "model/MLmodel",
+    assert [o.model_id for o in run.outputs.model_outputs] == [client.get_logged_model(
+        run.outputs.model_outputs[0].model_id).model_id]   # the run's LoggedModel
+    assert {"spec.yaml", "params/final.params", "model_summary.txt", "curves.png",
             "checkpoint/last.params", "checkpoint/last.json"} <= artifacts
     if spec.data.val_fraction:
         assert "params/best.params" in artifacts
@@ -93,7 +105,11 @@ def test_final_params_and_pyfunc_reproduce_logged_test_accuracy(workspace, name)
     X, _ = next(iter(bundle.test))
     mlflow.set_tracking_uri(tracking.tracking_uri())
     model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
-    np.testing.assert_allclose(model.predict(X.asnumpy()), net(X).asnumpy(), rtol=1e-5, atol=1e-6)
+    frame = model.predict(X.asnumpy())
+    out = net(X)
+    probs = out if name == "softmax_scratch" else mx.nd.softmax(out)   # the scratch model ends in a softmax
+    np.testing.assert_allclose(frame.filter(like="prob_").to_numpy(), probs.asnumpy(), rtol=1e-4, atol=1e-6)
+    assert (frame["class_id"].to_numpy() == out.argmax(axis=1).asnumpy()).all()
 
 
 def test_cli_reports_a_non_finite_loss_in_one_line(workspace):
@@ -164,21 +180,24 @@ def test_pyfunc_of_a_folder_model_loads_in_a_fresh_process(workspace):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=workspace.parent)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "(3, 10)"
+    assert out.stdout.strip().splitlines()[-1] == "(3, 12)"   # class_id, label, 10 probabilities
 
 
 @pytest.mark.parametrize("name", ["gru", "rnn_scratch"])
 def test_language_model_pyfunc_predicts_like_the_network(workspace, name):
-    """A recurrent network takes its state too: the model is rebuilt from its spec, vocab_size included."""
+    """A recurrent network takes its state too: the model is rebuilt from its spec, vocab_size included, and
+    continues prefixes as the book's predict_rnn does."""
     spec = load_spec(name, ["train.epochs=1", "data.limit=3000", "data.batch_size=4", "train.sample_every=0"])
     result = runner.run(spec, progress=False)
     client = tracking.client()
     bundle = load_data(spec, mx.cpu())
     net = build_net(spec, bundle)
     net.load_parameters(client.download_artifacts(result.run_id, "params/final.params"), ctx=mx.cpu())
-    X, _ = next(iter(bundle.train))
     mlflow.set_tracking_uri(tracking.tracking_uri())
     model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
-    expected = net(X)[0].asnumpy()
-    assert expected.shape == (X.shape[0] * X.shape[1], bundle.extra["vocab_size"])
-    np.testing.assert_allclose(model.predict(X.asnumpy()), expected, rtol=1e-5, atol=1e-5)
+    idx_to_char, char_to_idx = bundle.extra["idx_to_char"], bundle.extra["char_to_idx"]
+    prefixes = [idx_to_char[5], idx_to_char[7] + idx_to_char[9]]
+    frame = model.predict(prefixes, params={"length": 12})
+    expected = [predict_rnn(net, p, 12, idx_to_char, char_to_idx, mx.cpu()) for p in prefixes]
+    assert list(frame["prefix"]) == prefixes and list(frame["text"]) == expected
+    assert all(len(t) == len(p) + 12 for t, p in zip(frame["text"], prefixes))

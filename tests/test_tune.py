@@ -106,6 +106,12 @@ def test_pruned_trials_leave_pruned_child_runs(workspace):
         # Pruned after the first of two epochs: one step of metrics, logged before the pruner stopped it.
         assert [m.step for m in c.get_metric_history(run.info.run_id, "val/acc")] == [1]
         assert run.data.params["data.val_fraction"] == "0.1"
+    # The study names its metric (the dashboard's axis), and pruned trials keep their run ids.
+    import optuna
+
+    study = optuna.load_study(study_name="lenet", storage=f"sqlite:///{workspace / 'mlruns' / 'optuna.db'}")
+    assert study.metric_names == ["val/acc"]
+    assert sorted(t.user_attrs["mlflow.run_id"] for t in study.trials) == sorted(r.info.run_id for r in children)
 
 
 def test_failed_trials_leave_the_study_usable_and_resume_adds_trials(workspace, capfd):

@@ -124,6 +124,9 @@ def load_or_create_study(spec, study_name: str, storage, sampler=None, pruner=No
     if metric and metric != spec.search.metric:
         raise ValueError(f"study {study_name!r} optimises {metric}, but search.metric is {spec.search.metric}; "
                          f"allowed: search.metric={metric}, or another --study name")
+    if study.metric_names != [spec.search.metric]:   # the dashboard then says val/acc, not "Objective 0"
+        with quiet_optuna():
+            study.set_metric_names([spec.search.metric])
     recorded = study.user_attrs.get("overrides")
     if existed and recorded is not None and list(recorded) != list(overrides):
         log(f"note: study {study_name!r} was started with overrides {' '.join(recorded) or '(none)'}; this "

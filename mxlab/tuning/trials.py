@@ -147,6 +147,7 @@ class Objective:
             with contextlib.suppress(Exception):   # closing must not hide the trial's own outcome
                 ids = [run_id] if run_id else [r.info.run_id for r in runs_of_key(c, exp_id, key)]
                 for rid in ids:
+                    trial.set_user_attr("mlflow.run_id", rid)   # every trial links to its run, pruned or failed too
                     close_child_run(c, rid, state, error)
 
         try:
