@@ -1,19 +1,16 @@
-"""Consumers of the fit loop's metric dicts: console progress, checkpoints, early stopping, text samples.
+"""Consumers of the fit loop's metric dicts: checkpoints, early stopping, text samples (console progress is in
+:mod:`mxlab.console`).
 
 MLflow's logger lives in :mod:`mxlab.tracking` and Optuna's pruner in :mod:`mxlab.tuning.trials`: each is one
 more callback of this shape.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import random
-import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 
 class Callback:
@@ -28,49 +25,13 @@ class Callback:
     def on_fit_end(self, state) -> None: ...
 
 
-def format_metrics(metrics: dict) -> str:
-    shown = []
-    for key, value in metrics.items():
-        if key == "perf/samples_per_second":
-            shown.append(f"{value:,.0f} ex/s")
-        elif key == "perf/epoch_seconds":
-            shown.append(f"{value:.1f}s")
-        elif key != "epoch":
-            shown.append(f"{key} {value:.4g}")
-    return "  ".join(shown)
-
-
-class ConsoleProgress(Callback):
-    """A progress bar on a terminal; otherwise (CI, pipes, files) one plain line per epoch. Writes to stderr."""
-
-    def __init__(self, stream=None, bar: bool | None = None):
-        self.stream = stream or sys.stderr
-        self.bar = self.stream.isatty() if bar is None else bar
-        self._last_draw = 0.0
-
-    def on_batch_end(self, state, batch, num_batches):
-        now = time.monotonic()
-        if not self.bar or (now - self._last_draw < 0.1 and batch != num_batches):
-            return
-        self._last_draw = now
-        width = 30
-        filled = int(width * batch / max(num_batches, 1))
-        self.stream.write(f"\repoch {state.epoch}/{state.spec.train.epochs} [{'#' * filled}{'.' * (width - filled)}] "
-                          f"{batch}/{num_batches}")
-        self.stream.flush()
-
-    def on_epoch_end(self, state, metrics):
-        prefix = "\r\033[K" if self.bar else ""
-        self.stream.write(f"{prefix}epoch {state.epoch}/{state.spec.train.epochs}  {format_metrics(metrics)}\n")
-        self.stream.flush()
-
-
 class Checkpoint(Callback):
-    """After every epoch: ``last.params``, ``last.states`` (optimizer) and ``last.json`` (epoch, history, RNG).
+    """After every epoch: ``last.params``, ``last.states`` (optimizer) and ``last.json`` (epoch, history, and the
+    optimizer state's SHA-256). No random state is kept: every epoch reseeds from ``train.seed + epoch``.
 
-    Together they let training continue at the next epoch (``fit(start_epoch=...)``). ``best.params`` follows the ``monitor`` metric when the run
-    produces it; ``final.params`` is written at the end. Files are replaced atomically, so a crash mid-write
-    leaves the previous epoch intact.
+    Together they let training continue at the next epoch (``mxlab run NAME --resume RUN_ID``). ``best.params``
+    follows the ``monitor`` metric when the run produces it; ``final.params`` is written at the end. Files are
+    replaced atomically, so a crash mid-write leaves the previous epoch intact.
     """
 
     def __init__(self, folder: Path, monitor: str | None = None, mode: str = "maximize"):
@@ -103,8 +64,8 @@ class Checkpoint(Callback):
         record = {
             "epoch": state.epoch,
             "history": state.history,
-            "numpy_rng": _jsonable(np.random.get_state()),
-            "python_rng": _jsonable(random.getstate()),
+            # The optimizer state is a pickle: resuming loads it only if it still has this hash.
+            "states_sha256": hashlib.sha256((self.folder / "last.states").read_bytes()).hexdigest(),
         }
         self._atomic("last.json", lambda p: Path(p).write_text(json.dumps(record)))
         if self._consider(metrics):
@@ -112,16 +73,6 @@ class Checkpoint(Callback):
 
     def on_fit_end(self, state):
         self._atomic("final.params", state.net.save_parameters)
-
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 class EarlyStopping(Callback):

@@ -16,6 +16,7 @@ import warnings
 from mxlab.callbacks import Callback
 
 PLAIN_EVERY = 60.0   # seconds between plain progress lines inside one epoch
+LOSS_EVERY = 0.5     # seconds between reads of the running loss for the bar
 NOISY_LOGGERS = ("mlflow", "alembic", "optuna", "urllib3")
 
 
@@ -91,7 +92,8 @@ class ConsoleProgress(Callback):
         self.stream = stream or sys.stderr
         self.bar = _isatty(self.stream) if bar is None else bar
         self._tqdm = None
-        self._epoch_start = self._last_line = 0.0
+        self._epoch_start = self._last_line = self._last_loss = 0.0
+        self._loss: float | None = None
 
     def _examples_per_second(self, state, batch: int) -> float:
         elapsed = time.monotonic() - self._epoch_start
@@ -101,6 +103,7 @@ class ConsoleProgress(Callback):
         now = time.monotonic()
         if batch == 1 or self._epoch_start == 0.0:
             self._epoch_start = self._last_line = now
+            self._loss = None
         rate = self._examples_per_second(state, batch)
         if self.bar:
             if self._tqdm is None:
@@ -109,13 +112,20 @@ class ConsoleProgress(Callback):
                 self._tqdm = tqdm(total=num_batches, file=self.stream, leave=False, unit="batch", mininterval=0.2,
                                   desc=f"epoch {state.epoch}/{state.spec.train.epochs}", dynamic_ncols=True)
             self._tqdm.update(batch - self._tqdm.n)
+            if now - self._last_loss >= LOSS_EVERY or batch == num_batches:
+                # Reading the loss waits for the device: twice a second costs nothing, every batch would.
+                self._last_loss, self._loss = now, state.running_loss()
+            shown = [f"loss {self._loss:.4g}"] if self._loss is not None else []
             if math.isfinite(rate):
-                self._tqdm.set_postfix_str(f"{rate:,.0f} ex/s", refresh=batch == num_batches)   # the full bar shows
+                shown.append(f"{rate:,.0f} ex/s")
+            self._tqdm.set_postfix_str("  ".join(shown), refresh=batch == num_batches)   # the full bar shows
         elif now - self._last_line >= PLAIN_EVERY and batch < num_batches:
             self._last_line = now
             left = (now - self._epoch_start) * (num_batches - batch) / batch
+            loss = state.running_loss()
             self.stream.write(f"epoch {state.epoch}/{state.spec.train.epochs}  batch {batch}/{num_batches}  "
-                              f"{rate:,.0f} ex/s  {duration(left)} left in this epoch\n")
+                              + (f"loss {loss:.4g}  " if loss is not None else "")
+                              + f"{rate:,.0f} ex/s  {duration(left)} left in this epoch\n")
             self.stream.flush()
 
     def on_epoch_end(self, state, metrics):

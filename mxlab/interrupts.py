@@ -1,40 +1,71 @@
-"""Stops from outside: SIGTERM raised as an exception in the main thread, so whatever runs is closed properly."""
+"""Stops from outside: SIGTERM and SIGHUP raised as exceptions in the main thread, so whatever runs is closed.
+
+:class:`Terminated` is a ``KeyboardInterrupt``: everything that already treats Ctrl-C as "stop now, close the
+run KILLED" (MLflow's lifecycle here, Optuna failing the trial and re-raising) treats a closed terminal or a
+``kill`` the same way. The command line exits ``128 + signal`` (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+"""
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
 
+CAUGHT = (signal.SIGTERM, signal.SIGHUP)
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that the run is closed as KILLED."""
+
+class Terminated(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGHUP), raised in the main thread."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def exit_code(exc: KeyboardInterrupt) -> int:
+    """The shell's convention: 128 + the signal's number; Ctrl-C is SIGINT."""
+    return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+def signal_name(exc: KeyboardInterrupt) -> str:
+    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 @contextlib.contextmanager
-def sigterm_as_exception():
-    """Turn SIGTERM into :class:`Terminated` in the main thread for the duration; elsewhere do nothing."""
-    if threading.current_thread() is not threading.main_thread():
+def stops_as_exceptions():
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` in the main thread for the duration."""
+    if not _main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise Terminated(f"signal {signum}")
+        raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in CAUGHT}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @contextlib.contextmanager
-def sigterm_deferred():
-    """Ignore SIGTERM for the duration (a status write that must not be cut in half); main thread only."""
-    if threading.current_thread() is not threading.main_thread():
+def stops_deferred():
+    """Hold SIGINT, SIGTERM and SIGHUP for the duration (a status write must not be cut in half), then deliver
+    the last one that arrived; main thread only."""
+    if not _main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    arrived: list[int] = []
+    sigs = (signal.SIGINT, *CAUGHT)
+    previous = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum)) for sig in sigs}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if arrived:
+            signal.raise_signal(arrived[-1])

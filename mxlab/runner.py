@@ -5,17 +5,32 @@ a finished run leaves.
 ``params/final.params`` (and ``best.params``), ``checkpoint/`` after every epoch, ``model_summary.txt``,
 ``curves.png`` and a pyfunc ``model/``. ``run(spec, track=False)`` trains the same way with no MLflow at all
 (nothing imported, nothing written outside a temporary folder): for notebooks, tests and benchmarks.
+
+``resume(name, run_id)`` continues an unfinished run in the same MLflow run from its last checkpoint: the
+spec the run recorded (only ``train.epochs`` may change), its parameters and optimizer state, and its
+history; every epoch reseeds from ``train.seed + epoch``, so it ends where an uninterrupted run would.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from mxlab.callbacks import Checkpoint, ConsoleProgress, EarlyStopping, TextSampler
-from mxlab.interrupts import sigterm_as_exception
-from mxlab.spec import Spec, dump_yaml
+from mxlab import workspace
+from mxlab.callbacks import Checkpoint, EarlyStopping, TextSampler
+from mxlab.console import ConsoleProgress
+from mxlab.coerce import SpecError
+from mxlab.interrupts import stops_as_exceptions
+from mxlab.spec import Spec, dump_yaml, from_dict, read_yaml
+
+CHECKPOINT_FILES = ("last.json", "last.params", "last.states")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be continued from; the message names the file and what is wrong."""
 
 
 @dataclass
@@ -38,32 +53,167 @@ def run(spec: Spec, *, track: bool = True, callbacks=(), tags: dict | None = Non
     """Train ``spec``; with ``track``, inside one MLflow run recording everything DESIGN.md lists.
 
     Exceptions propagate after the run is closed with the matching status (FAILED, or KILLED on Ctrl-C/SIGTERM).
+    In a distributed job (``mxlab launch``) rank 0 makes the job's one MLflow run; the other workers train
+    untracked.
     """
+    if job_rank(spec)[0] != 0:
+        track = False
     if not track:
-        with sigterm_as_exception(), tempfile.TemporaryDirectory(prefix="mxlab-") as tmp:
+        with stops_as_exceptions(), tempfile.TemporaryDirectory(prefix="mxlab-") as tmp:
             training = _Training(spec, Path(tmp), callbacks, progress)
             training.fit()
         return RunResult(None, spec.name, "FINISHED", training.history, training.stop_reason, training.net)
 
+    from mxlab import naming, tracking
+
+    tags = {"mlflow.note.content": naming.command_line(), **(tags or {})}   # the run's notes: how it was made
+    run_name = run_name or naming.run_name(spec, tags.get("mxlab.preset"))
+    c, run_id = tracking.start_run(spec.name, tags=tags, parent_run_id=parent_run_id, run_name=run_name, root=root)
+    tracking.describe_experiment(c, spec.name, spec.description)
+    if progress:
+        from mxlab import console
+
+        console.announce(run_id, run_name, console.ui_url(c.tracking_uri, c.get_run(run_id).info.experiment_id, run_id))
+    return _tracked(c, run_id, spec, callbacks, progress, root)
+
+
+def resume(name: str, run_ref: str, overrides: Sequence[str] = (), *, callbacks=(), progress: bool = True,
+           root: Path | None = None) -> RunResult:
+    """Continue run ``run_ref`` (an id, or ``last``: the newest unfinished run of ``name``) in the same MLflow run."""
     from mxlab import tracking
 
-    c, run_id = tracking.start_run(spec, tags=tags, parent_run_id=parent_run_id, run_name=run_name, root=root)
-    with tracking.run_lifecycle(c, run_id), tempfile.TemporaryDirectory(prefix="mxlab-") as tmp:
+    c = tracking.client(root)
+    run = _run_to_resume(c, name, run_ref)
+    run_id = run.info.run_id
+    epochs = _epochs_override(overrides)
+    with tempfile.TemporaryDirectory(prefix=f"{tracking.TMP_PREFIX}{run_id}-") as tmp:
+        recorded = tracking.download(c, run_id, "spec.yaml", Path(tmp))
+        if recorded is None:
+            raise CheckpointError(f"run {run_id} has no spec.yaml: it stopped before it started training; start "
+                                  f"a new run with: mxlab run {name}")
+        folder = workspace.experiment_dir(name, root)
+        workspace.import_experiment_model(folder)
+        spec = from_dict(name, [(recorded, read_yaml(recorded))], epochs, path=folder / workspace.SPEC_FILE)
+        for file in CHECKPOINT_FILES:
+            tracking.download(c, run_id, f"checkpoint/{file}", Path(tmp))
+        tracking.download(c, run_id, "checkpoint/best.params", Path(tmp))
+        start = _read_checkpoint(Path(tmp) / "checkpoint", run_id)
+        done = start["epoch"] if start else 0
+        if run.info.status == "FINISHED" and done >= spec.train.epochs:
+            raise SpecError(f"run {run_id} FINISHED its {done} epochs; to train it further, resume it with "
+                            f"train.epochs={done + 5} (more than {done})")
+        tracking.reopen_run(c, run_id)
+        return _tracked(c, run_id, spec, callbacks, progress, root, start=start)
+
+
+def _run_to_resume(c, name: str, run_ref: str):
+    from mlflow.exceptions import MlflowException
+
+    from mxlab import tracking
+
+    if run_ref == "last":
+        runs = tracking.unfinished_runs(c, name)
+        if not runs:
+            raise SpecError(f"--resume last: experiment {name!r} has no unfinished run (KILLED, FAILED, or RUNNING "
+                            f"with its process gone); `mxlab run {name}` starts a new one")
+        return runs[0]
+    try:
+        run = c.get_run(run_ref)
+    except MlflowException:
+        raise SpecError(f"--resume {run_ref}: no such run in {tracking.tracking_uri()}; allowed: the id of a run "
+                        f"of {name!r}, or last") from None
+    if run.data.tags.get("mxlab.experiment") != name:
+        raise SpecError(f"--resume {run_ref}: that run belongs to experiment "
+                        f"{run.data.tags.get('mxlab.experiment', '(not an mxlab run)')!r}, not {name!r}")
+    if run.info.status == "RUNNING" and tracking.owner_alive(run.data.tags) is not False:
+        raise SpecError(f"--resume {run_ref}: the run is still RUNNING in process {run.data.tags.get('mxlab.pid')} "
+                        f"on {run.data.tags.get('host')}; stop that process first")
+    return run
+
+
+def _epochs_override(overrides: Sequence[str]) -> list[str]:
+    """Only ``train.epochs`` may change on resume (to extend a run): any other key would make it another run."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key != "train.epochs":
+            raise SpecError(f"command line: {key}: cannot change on --resume; allowed: train.epochs (to extend the "
+                            f"run); any other change is a new run: mxlab run NAME {item}")
+    return list(overrides)
+
+
+def _read_checkpoint(folder: Path, run_id: str) -> dict | None:
+    """The last epoch's record with its files, checked: the optimizer state (a pickle) must match the SHA-256
+    recorded when it was written before anything unpickles it."""
+    if not (folder / "last.json").is_file():
+        return None   # stopped during the first epoch: start it again in the same run
+    try:
+        record = json.loads((folder / "last.json").read_text())
+        epoch, history = int(record["epoch"]), list(record["history"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"run {run_id}: checkpoint/last.json is damaged ({exc})") from None
+    for name in ("last.params", "last.states"):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"run {run_id}: checkpoint/{name} is missing beside last.json")
+    digest = hashlib.sha256((folder / "last.states").read_bytes()).hexdigest()
+    if digest != record.get("states_sha256"):
+        raise CheckpointError(f"run {run_id}: checkpoint/last.states has SHA-256 {digest}, the checkpoint recorded "
+                              f"{record.get('states_sha256')}: refusing to load an optimizer state (a pickle) that "
+                              f"mxlab did not write")
+    return {"epoch": epoch, "history": history, "folder": folder}
+
+
+def _tracked(c, run_id: str, spec: Spec, callbacks, progress: bool, root: Path | None,
+             start: dict | None = None) -> RunResult:
+    from mxlab import packaging, tracking
+
+    with tracking.run_lifecycle(c, run_id), \
+            tempfile.TemporaryDirectory(prefix=f"{tracking.TMP_PREFIX}{run_id}-") as tmp:
         folder = Path(tmp)
-        tracking.log_params(c, run_id, spec)
-        (folder / "spec.yaml").write_text(dump_yaml(spec), encoding="utf-8")
-        tracking.log_files(c, run_id, folder, ["spec.yaml"])
+        if start is None:
+            tracking.log_params(c, run_id, spec)
+            for key, value in job_params(spec).items():
+                c.log_param(run_id, key, value)
+            (folder / "spec.yaml").write_text(dump_yaml(spec), encoding="utf-8")
+            tracking.log_files(c, run_id, folder, ["spec.yaml"])
         training = _Training(spec, folder, callbacks, progress,
                              on_sample=lambda path, epoch: c.log_artifact(run_id, str(path), "samples"))
         tracking.set_tags(c, run_id, tracking.run_tags(spec, training.device_tags(), training.bundle.checksums, root))
-        training.fit(tracking.MLflowLogger(c, run_id, training.checkpoint_dir))
+        tracking.log_datasets(c, run_id, packaging.dataset_inputs(spec, training.bundle))
+        if start is not None:
+            training.load_checkpoint(start)
+            # MLflow params never change: a run extended on resume says its new length in a tag.
+            tracking.set_tags(c, run_id, {"mxlab.resumed_from_epoch": start["epoch"],
+                                          "mxlab.epochs": spec.train.epochs})
+        with tracking.system_metrics(c, run_id, spec.train.system_metrics):
+            training.fit(tracking.MLflowLogger(c, run_id, training.checkpoint_dir))
         if training.stop_reason:
             c.set_tag(run_id, "mxlab.stopped_early", training.stop_reason)
         training.write_reports()
         tracking.log_files(c, run_id, folder, ["model_summary.txt", "curves.png"])
         tracking.log_files(c, run_id, training.checkpoint_dir, ["final.params", "best.params"], "params")
-        tracking.log_pyfunc_model(c, run_id, folder, training.model_files())
+        tracking.log_pyfunc_model(c, run_id, folder, training.model_files(),
+                                  *packaging.describe(spec, training.bundle, training.net))
     return RunResult(run_id, spec.name, "FINISHED", training.history, training.stop_reason, training.net)
+
+
+def job_rank(spec: Spec) -> tuple[int, int]:
+    """(rank, workers) of this process in a distributed job (``train.kvstore=dist_*``), else (0, 1)."""
+    if not spec.train.kvstore.startswith("dist"):
+        return 0, 1
+    from mxlab.train import worker_rank
+
+    return worker_rank(spec.train)
+
+
+def job_params(spec: Spec) -> dict[str, str]:
+    """What a distributed job trains with, beside the spec: a synchronous step averages the gradient over every
+    worker's batch (as one process with that batch and ``train.lr``); an asynchronous one applies each alone."""
+    workers = job_rank(spec)[1]
+    if workers == 1:
+        return {}
+    batch = spec.data.batch_size * (1 if spec.train.kvstore == "dist_async" else workers)
+    return {"launch.workers": str(workers), "launch.effective_batch_size": str(batch),
+            "launch.effective_lr": str(spec.train.lr)}
 
 
 class _Training:
@@ -76,11 +226,33 @@ class _Training:
 
         self.spec, self.folder, self.extra, self.progress, self.on_sample = spec, folder, callbacks, progress, on_sample
         self.ctx_list = devices.contexts(spec.train.device)
-        self.bundle = load_data(spec, self.ctx_list[0])
+        self.bundle = load_data(spec, self.ctx_list[0], job_rank(spec))
         self.net = prepare_net(spec, self.bundle, self.ctx_list)
         self.checkpoint_dir = folder / "checkpoint"
         self.history: list = []
         self.stop_reason: str | None = None
+        self.start_epoch, self.updater = 0, None
+
+    def load_checkpoint(self, start: dict) -> None:
+        """Parameters, optimizer state and history of the last finished epoch; a file of another network or a
+        damaged one is an error naming the file, not a traceback."""
+        from mxlab.train import make_updater
+
+        folder = start["folder"]
+        try:
+            self.net.load_parameters(str(folder / "last.params"), ctx=self.ctx_list)
+        except (AssertionError, ValueError) as exc:   # Gluon reports a shape or name mismatch with assert
+            raise CheckpointError(f"checkpoint/last.params does not fit this network: {exc}") from None
+        except Exception as exc:   # MXNetError for a truncated or foreign file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"checkpoint/last.params cannot be read (truncated or not an MXNet params "
+                                  f"file): {first}") from None
+        self.updater = make_updater(self.net, self.spec.train, self.ctx_list)
+        self.updater.load_states(str(folder / "last.states"))   # its SHA-256 was checked by resume
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if (folder / "best.params").is_file():
+            (self.checkpoint_dir / "best.params").write_bytes((folder / "best.params").read_bytes())
+        self.start_epoch, self.history = start["epoch"], start["history"]
 
     def device_tags(self) -> dict:
         from mxlab import devices
@@ -108,7 +280,8 @@ class _Training:
         from mxlab.train import fit
 
         chain = self.chain(logger)
-        self.history = fit(self.spec, self.net, self.bundle, self.ctx_list, chain)
+        self.history = fit(self.spec, self.net, self.bundle, self.ctx_list, chain, start_epoch=self.start_epoch,
+                           updater=self.updater, history=self.history)
         if len(self.history) < self.spec.train.epochs:
             self.stop_reason = next((cb.reason for cb in chain if isinstance(cb, EarlyStopping) and cb.reason), None)
 

@@ -8,6 +8,7 @@ registry. An error names where the value came from, the dotted key, the value an
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 import typing
 from dataclasses import dataclass, field
@@ -63,6 +64,8 @@ class TrainSpec:
     wd: float = field(default=0.0, metadata=_check(lambda v: v >= 0, "a number >= 0"))
     momentum: float = field(default=0.9, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))  # optimizer: momentum
     device: str = field(default="auto", metadata=_check(lambda v: _device_ok(v), "auto, cpu, gpu, gpu:0,1 or cpu:0,1"))
+    # How gradients meet: local/device within one process; dist_* across the workers of `mxlab launch`.
+    kvstore: Literal["local", "device", "dist_sync", "dist_sync_device", "dist_async"] = "device"
     seed: int = field(default=42, metadata=_check(lambda v: 0 <= v < 2**31 - 10**6, "an integer in [0, 2^31 - 10^6)"))
     hybridize: bool = True
     # xavier for the CNNs as in the book; normal is N(0, 0.01^2), the book's choice for linear models and MLPs.
@@ -191,12 +194,23 @@ def _construct_mapping(loader, node, deep=False):
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+MAX_SPEC_BYTES = 1 << 20   # a spec is a few lines; a larger file is a mistake, not a spec
+
+
 def read_yaml(path: Path) -> dict:
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: {size:,} bytes; allowed: a YAML spec of at most {MAX_SPEC_BYTES:,} bytes")
     try:
-        with open(path, encoding="utf-8") as stream:   # a named stream, so errors carry the file name
-            data = yaml.load(stream, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe_load + duplicate keys
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not a text file (not UTF-8 at byte {exc.start}); allowed: a YAML spec") from None
+    try:
+        stream = io.StringIO(text)
+        stream.name = str(path)   # so errors carry the file name
+        data = yaml.load(stream, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe_load + duplicate keys
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+        raise SpecError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -296,6 +310,9 @@ def _build(name: str, path: Path | None, raw: dict, sources: dict) -> Spec:
     data = DataSpec(name=data_name, **_fill(DataSpec, data_raw, "data", sources, datasets.options(data_name)))
     train = TrainSpec(**_fill(TrainSpec, dict(raw["train"]), "train", sources))
     _check_optimizer(train, sources)
+    if train.kvstore == "dist_async" and train.clip_gradient is not None:   # MXNet: async updates on the servers
+        raise _error(sources, "train.clip_gradient", train.clip_gradient, "null with train.kvstore=dist_async "
+                     "(the servers apply each gradient as it comes), or train.kvstore=dist_sync")
     task_ = tasks.get(task)()
     if train.early_stopping is not None:
         stop = train.early_stopping

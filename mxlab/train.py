@@ -8,6 +8,7 @@ number: two runs with the same seed match, and training continued from epoch k g
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -75,9 +76,41 @@ def is_scratch(net) -> bool:
 
 # ---------------------------------------------------------------- updaters
 
+DISTRIBUTED = ("dist_sync", "dist_sync_device", "dist_async")
+_KVSTORE: dict = {}   # ps-lite starts once per process: one distributed kvstore, made on first use
+
+
+def kvstore(name: str):
+    """What the Trainer takes for ``train.kvstore``: the name of a local one, or the process's distributed one."""
+    if name not in DISTRIBUTED:
+        return name
+    if not _KVSTORE:
+        if os.environ.get("DMLC_ROLE") != "worker":
+            raise ValueError(f"train.kvstore={name} needs MXNet's parameter server: start the job with `mxlab launch "
+                             f"NAME -n WORKERS`; allowed in one process: local, device")
+        _KVSTORE[name] = mx.kv.create(name)
+    if name not in _KVSTORE:
+        raise ValueError(f"train.kvstore={name}: this process already joined a {next(iter(_KVSTORE))} job")
+    return _KVSTORE[name]
+
+
+def worker_rank(train) -> tuple[int, int]:
+    """(rank, number of workers) of this process: (0, 1) outside a distributed job."""
+    kv = kvstore(train.kvstore)
+    return (0, 1) if isinstance(kv, str) else (kv.rank, kv.num_workers)
+
+
+STATS_KEY = 1 << 24   # beside the Trainer's keys (0 .. parameters - 1): the epoch's sums of every worker
+
+
 class GluonUpdater:
     """A Gluon ``Trainer`` with any optimizer MXNet registers; weight decay applies to weights only, never to
-    biases or batch-norm shifts."""
+    biases or batch-norm shifts.
+
+    In a synchronous distributed job the servers only sum gradients and every worker applies the same update to
+    the same weights: a step averages the gradient over the whole job's batch (workers x ``data.batch_size``), as
+    one process with that batch would. With ``dist_async`` the servers apply each worker's gradient as it comes.
+    """
 
     def __init__(self, net, train, ctx_list):
         params = net.collect_params()
@@ -89,13 +122,49 @@ class GluonUpdater:
             options["momentum"] = train.momentum
         self.clip = train.clip_gradient
         self.params = [p for p in params.values() if p.grad_req != "null"]
-        self.trainer = mx.gluon.Trainer(params, optimizers.mxnet_name(train.optimizer), options,
-                                        update_on_kvstore=False if len(ctx_list) > 1 or self.clip else None)
+        self.all_params = list(params.values())   # the Trainer's kvstore keys are positions in this list
+        kv = kvstore(train.kvstore)
+        self.kv = None if isinstance(kv, str) else kv
+        self.sync = self.kv is not None and train.kvstore != "dist_async"
+        self.workers, self.rank = (kv.num_workers, kv.rank) if self.kv else (1, 0)
+        # Workers update when the servers must only sum (sync jobs), or when gradients are combined first.
+        on_kvstore = None if train.kvstore == "dist_async" else (
+            False if self.sync or len(ctx_list) > 1 or self.clip else None)
+        self.trainer = mx.gluon.Trainer(params, optimizers.mxnet_name(train.optimizer), options, kvstore=kv,
+                                        update_on_kvstore=on_kvstore)
+        self._stats_ready = False
 
     def penalty(self):
         return None
 
+    def end_epoch(self, totals: list, count: int, seconds: float) -> tuple[list, int, float]:
+        """The whole job's epoch in a synchronous job: sums over workers, the slowest worker's seconds; batch-norm
+        statistics (not trained, so not summed by the Trainer) averaged, so every worker holds the same network."""
+        if not self.sync:
+            return totals, count, seconds
+        copies = self.workers * len(self.all_params[0].list_data()) if self.all_params else 1
+        for key, param in enumerate(self.all_params):
+            if param.grad_req == "null":
+                arrays = param.list_data()
+                self.kv.push(key, arrays)
+                self.kv.pull(key, out=arrays)
+                for a in arrays:
+                    a /= copies
+        clock = [0.0] * self.workers
+        clock[self.rank] = seconds
+        values = mx.nd.array([*totals, count, *clock], dtype="float64")
+        if not self._stats_ready:   # every worker calls init: it is a barrier
+            self.kv.init(STATS_KEY, mx.nd.zeros(values.shape, dtype="float64"))
+            self._stats_ready = True
+        self.kv.push(STATS_KEY, values)
+        self.kv.pull(STATS_KEY, out=values)
+        summed = values.asnumpy().tolist()
+        n = len(totals)
+        return summed[:n], int(round(summed[n])), max(summed[n + 1:])
+
     def step(self, count: int) -> None:
+        if self.sync:
+            count *= self.workers   # the servers return the sum over all workers' batches
         if self.clip:
             self.trainer.allreduce_grads()
             # Grads are sums over `count` examples: clip their mean to the threshold, as the book does.
@@ -106,15 +175,24 @@ class GluonUpdater:
             self.trainer.step(count)
 
     def save_states(self, path: str) -> None:
+        if self.kv is not None and not self.sync:   # dist_async: the optimizer state lives on the servers
+            open(path, "wb").close()
+            return
         self.trainer.save_states(path)
 
     def load_states(self, path: str) -> None:
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{path}: no optimizer state (written by a dist_async job, whose servers held it); "
+                             f"allowed: a checkpoint of a local or dist_sync run")
         self.trainer.load_states(path)  # a file this project wrote itself (a pickle of optimizer state)
 
 
 def make_updater(net, train, ctx_list):
     """The network's own updater if it declares one (scratch models step by hand), else a Gluon Trainer."""
     own = getattr(net, "make_updater", None)
+    if own and train.kvstore in DISTRIBUTED:
+        raise ValueError(f"train.kvstore={train.kvstore}: {type(net).__name__} is written from scratch and updates "
+                         f"its own parameters; allowed: a Gluon model (one whose experiment is not *_scratch)")
     return own(train) if own else GluonUpdater(net, train, ctx_list)
 
 
@@ -132,6 +210,14 @@ class FitState:
     history: list = field(default_factory=list)
     epoch: int = 0
     stop_reason: str | None = None   # a callback sets it to end training after the current epoch
+    running_sums: list = field(default_factory=list)   # the epoch's loss sums so far, on the devices
+    running_count: int = 0
+
+    def running_loss(self) -> float | None:
+        """The epoch's mean training loss so far. It waits for the devices, so a progress bar asks rarely."""
+        if not self.running_count or not self.running_sums:
+            return None
+        return sum(float(s[0].asscalar()) for s in self.running_sums if s is not None) / self.running_count
 
 
 def _split(batch, ctx_list):
@@ -181,6 +267,7 @@ def train_epoch(state: FitState, task, loss_fn, callbacks) -> tuple[dict, int, f
         count += batch_count
         for k, (y_hat, y_k, l, _) in enumerate(losses):
             sums[k] = _add(sums[k], task.stats(y_hat, y_k, l))
+        state.running_sums, state.running_count = sums, count
         # Keep at most two batches queued in the engine (bounded memory), without copying to the host.
         if pending is not None:
             pending.wait_to_read()
@@ -188,8 +275,15 @@ def train_epoch(state: FitState, task, loss_fn, callbacks) -> tuple[dict, int, f
         for cb in callbacks:
             cb.on_batch_end(state, i + 1, len(loader))
     mx.nd.waitall()
+    if count == 0:
+        raise ValueError(f"the training split gives no batch with at least one example per device: "
+                         f"{getattr(loader, 'num_examples', 'too few')} example(s) for {len(ctx_list)} devices; allowed: data.limit or "
+                         f"data.batch_size of at least {len(ctx_list)}, or fewer devices in train.device")
     seconds = time.perf_counter() - start
     totals = [sum(values) for values in zip(*(_read(s) for s in sums if s is not None))]
+    end_epoch = getattr(state.updater, "end_epoch", None)   # a distributed job's totals are the whole job's
+    if end_epoch is not None:
+        totals, count, seconds = end_epoch(totals, count, seconds)
     return task.finish(totals, count, "train"), count, seconds
 
 

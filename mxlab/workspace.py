@@ -14,6 +14,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from mxlab.coerce import SpecError
 
@@ -107,6 +108,18 @@ def mlflow_artifact_root(at: Path | None = None) -> Path:
 def optuna_url(url: str | None = None, at: Path | None = None) -> str:
     """``url``, else ``MXLAB_OPTUNA_STORAGE``, else the workspace's sqlite file."""
     return url or os.environ.get("MXLAB_OPTUNA_STORAGE") or f"sqlite:///{store_dir(at) / 'optuna.db'}"
+
+
+def redact(url: str) -> str:
+    """A store URL without its password, fit for output, tags, logs and JSON."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @contextlib.contextmanager

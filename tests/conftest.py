@@ -11,20 +11,14 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-@pytest.fixture(scope="session")
-def verified_cache(tmp_path_factory) -> Path:
-    """One record of verified data files for the whole session, apart from the user's own."""
-    return tmp_path_factory.mktemp("mxlab-cache")
-
-
 @pytest.fixture
-def workspace(tmp_path, monkeypatch, verified_cache) -> Path:
+def workspace(tmp_path, monkeypatch) -> Path:
     """A workspace whose ``experiments/`` is the repository's and whose ``mlruns/`` is fresh."""
     root = tmp_path / "workspace"
     root.mkdir()
     (root / "experiments").symlink_to(REPO / "experiments")
     monkeypatch.setenv("MXLAB_ROOT", str(root))
-    monkeypatch.setenv("MXLAB_CACHE_DIR", str(verified_cache))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MXLAB_OPTUNA_STORAGE", raising=False)
     return root

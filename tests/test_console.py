@@ -12,9 +12,9 @@ from mxlab import console
 from mxlab.runner import RunResult
 
 
-def state(epoch=1, epochs=3, batch_size=100):
+def state(epoch=1, epochs=3, batch_size=100, loss=0.4321):
     spec = SimpleNamespace(train=SimpleNamespace(epochs=epochs), data=SimpleNamespace(batch_size=batch_size))
-    return SimpleNamespace(spec=spec, epoch=epoch)
+    return SimpleNamespace(spec=spec, epoch=epoch, running_loss=lambda: loss)
 
 
 def test_plain_lines_off_a_terminal(monkeypatch):
@@ -27,7 +27,8 @@ def test_plain_lines_off_a_terminal(monkeypatch):
     progress.on_epoch_end(state(), {"train/loss": 0.123456, "test/acc": 0.87654, "perf/epoch_seconds": 75.2,
                                     "perf/samples_per_second": 12345.6})
     lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("epoch 1/3  batch 1/3") and "ex/s" in lines[0] and "left in this epoch" in lines[0]
+    assert lines[0].startswith("epoch 1/3  batch 1/3  loss 0.4321") and "ex/s" in lines[0]
+    assert "left in this epoch" in lines[0]
     assert lines[-1] == "epoch 1/3  train/loss 0.1235  test/acc 0.8765  1m15s  12,346 ex/s"
     assert "\r" not in stream.getvalue() and "\x1b" not in stream.getvalue()
 
@@ -40,6 +41,7 @@ def test_a_bar_on_a_terminal():
     progress.on_epoch_end(state(2, 5), {"train/loss": 0.5})
     out = stream.getvalue()
     assert "epoch 2/5" in out and "5/5" in out and "ex/s" in out and "\r" in out
+    assert "loss 0.4321" in out   # the running loss, read from the devices a few times a second
     assert out.rstrip().endswith("epoch 2/5  train/loss 0.5")
 
 

@@ -110,3 +110,18 @@ def test_readme_from_python_example_runs(workspace, monkeypatch):
     assert namespace["result"].status == "FINISHED"
     assert 0 < namespace["result"].metrics["test/acc"] <= 1
     assert namespace["study"]["best_value"] is not None
+
+
+def test_the_running_loss_at_the_last_batch_is_the_epochs_train_loss(workspace):
+    from mxlab.callbacks import Callback
+
+    seen = []
+
+    class Probe(Callback):
+        def on_batch_end(self, state, batch, num_batches):
+            if batch == num_batches:
+                seen.append(state.running_loss())
+
+    spec = mxlab.load_spec("softmax", {"train.epochs": 2, "data.limit": 1000, "train.device": "cpu:0,1"})
+    result = runner.run(spec, track=False, progress=False, callbacks=[Probe()])
+    assert seen == pytest.approx([h["train/loss"] for h in result.history], rel=1e-6)

@@ -132,8 +132,8 @@ def best_spec(name: str, overrides: Sequence[str] = (), study: str | None = None
 
 def dashboard(storage: str | None = None, port: int = 8080, root: Path | None = None) -> None:
     """optuna-dashboard on the study storage, on 127.0.0.1 only; the URL stays out of the process list."""
-    from optuna_dashboard import run_server
+    from mxlab import servers
 
     url = storage_url(storage, root)
     print(f"mxlab dashboard: Optuna dashboard on http://127.0.0.1:{port} (storage {redact(url)})", file=sys.stderr)
-    run_server(open_storage(url, heartbeat=None), host="127.0.0.1", port=port)
+    servers.dashboard(open_storage(url, heartbeat=None), port)

@@ -7,14 +7,23 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import re
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
 from mxlab import workspace
+from mxlab.workspace import redact  # noqa: F401  (the one redaction, re-exported for tuning)
 
 HEARTBEAT_SECONDS = 60     # how often a running trial proves its worker alive
+
+
+class _NoTraceback(logging.Filter):
+    """Optuna logs a failed trial with its traceback; mxlab says what failed in one line of its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
 
 
 @contextlib.contextmanager
@@ -22,6 +31,9 @@ def quiet_optuna():
     """Heartbeats and stale-trial retry are marked experimental in Optuna; they are what scale-out relies on."""
     import optuna
 
+    for handler in logging.getLogger("optuna").handlers:   # records of optuna.* loggers reach these
+        if not any(isinstance(f, _NoTraceback) for f in handler.filters):
+            handler.addFilter(_NoTraceback())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", FutureWarning)
@@ -30,20 +42,6 @@ def quiet_optuna():
 
 def storage_url(url: str | None = None, root: Path | None = None) -> str:
     return workspace.optuna_url(url, root)
-
-
-def redact(url: str) -> str:
-    """The storage URL without its password, fit for tags, logs and JSON."""
-    from sqlalchemy.engine import URL, make_url
-
-    try:
-        u = make_url(url)
-    except Exception:
-        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1@", url)
-    if u.password is None:
-        return url
-    return URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query).render_as_string(
-        hide_password=False)
 
 
 def driver_url(url: str) -> str:
@@ -73,6 +71,9 @@ def open_storage(url: str, *, heartbeat: int | None = HEARTBEAT_SECONDS, on_stal
     with quiet_optuna():
         if is_sqlite(url):
             path = Path(url.removeprefix("sqlite:///"))
+            if not path.is_absolute():
+                raise ValueError(f"study storage {url} names a file relative to the current folder; allowed: an "
+                                 f"absolute path (sqlite:////path/to/optuna.db), or unset for mlruns/optuna.db")
             # The schema is created once, under a lock beside the file, before any other process touches it.
             with workspace.file_lock(path.parent / f".{path.name}.lock"):
                 return optuna.storages.RDBStorage(url, **kwargs)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from mxlab.tuning.space import baseline_params, tuning_spec
 from mxlab.tuning.storage import HEARTBEAT_SECONDS, is_sqlite, open_storage, quiet_optuna, redact, storage_url
-from mxlab.tuning.trials import Objective, StaleTrialHandler, close_stale_runs, log
+from mxlab.tuning.trials import Objective, StaleTrialHandler, close_stale_runs, log, recover_interrupted
 
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -156,10 +156,10 @@ def open_study_storage(url: str, experiment: str, options: TuneOptions, root: Pa
 def optimize(spec, study, *, trials: int, timeout: float | None, parent_run_id: str | None,
              root: Path | None = None, progress: bool = True) -> None:
     """Run ``trials`` trials in this process; failed trials are recorded and the study goes on."""
-    from mxlab.interrupts import sigterm_as_exception
+    from mxlab.interrupts import stops_as_exceptions
 
     objective = Objective(spec, study.study_name, parent_run_id, root, progress)
-    with sigterm_as_exception(), quiet_optuna():
+    with stops_as_exceptions(), quiet_optuna():
         study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,), gc_after_trial=True)
     if objective.config_error is not None:
         raise objective.config_error
@@ -168,7 +168,7 @@ def optimize(spec, study, *, trials: int, timeout: float | None, parent_run_id: 
 def tune(name: str, overrides: Sequence[str] = (), options: TuneOptions | None = None,
          root: Path | None = None) -> dict:
     """Run a study on experiment ``name``; returns :func:`mxlab.tuning.results.summary` (what ``--json`` prints)."""
-    from mxlab.tracking import client, experiment_id, log_params, run_lifecycle, set_tags
+    from mxlab.tracking import client, experiment_id, log_params, run_lifecycle, set_tags, start_run
     from mxlab.tuning.results import log_parent_results, summary
     from mxlab.tuning.workers import run_workers
 
@@ -193,11 +193,10 @@ def tune(name: str, overrides: Sequence[str] = (), options: TuneOptions | None =
     study = load_or_create_study(spec, study_name, storage, pruner=pruner, overrides=overrides)
     c = client(root)   # the MLflow schema exists before any worker starts
     exp_id = experiment_id(c, spec.name, root)
-    parent = c.create_run(exp_id, run_name=f"study-{study_name}", tags={
+    _, parent_id = start_run(spec.name, run_name=f"study-{study_name}", root=root, tags={
         "mxlab.study": study_name, "mxlab.study_storage": redact(url), "mxlab.sampler": options.sampler,
         "mxlab.pruner": pruner_name(options.pruner), "mxlab.role": "study", "mxlab.experiment": spec.name,
         **({"mxlab.note": " ".join(notes)} if notes else {})})
-    parent_id = parent.info.run_id
     with run_lifecycle(c, parent_id):   # entered at once: nothing may leave the parent run RUNNING
         log(f"study {study_name!r} on {redact(url)}: {len(study.get_trials(deepcopy=False))} trial(s) so far; "
             f"{options.trials} more with {options.workers} worker(s); MLflow parent run {parent_id}")
@@ -205,6 +204,7 @@ def tune(name: str, overrides: Sequence[str] = (), options: TuneOptions | None =
         set_tags(c, parent_id, {"mxlab.trials": options.trials, "mxlab.workers": options.workers,
                                 "mxlab.seed": options.seed, "mxlab.overrides": " ".join(overrides)})
         try:
+            recover_interrupted(study, c, exp_id)
             if options.workers == 1:
                 study.sampler = make_sampler(options.sampler, sampler_seed(options.seed, study, 0))
                 optimize(spec, study, trials=options.trials, timeout=options.timeout, parent_run_id=parent_id,

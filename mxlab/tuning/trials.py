@@ -20,6 +20,8 @@ from mxlab.tuning.space import suggest
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 TRIAL_KEY = "mxlab.trial_key"   # links a trial to its MLflow child run, even across retries and storages
 MAX_RETRY = 2                   # a trial whose worker died is retried this many times, then left FAIL
+INTERRUPTED = "mxlab.interrupted"   # a trial stopped by a signal or a dead process, not by its own failure
+RESUME_RUN = "mxlab.resume_run"     # a retry continues this MLflow run from its last checkpoint
 
 
 def log(message: str) -> None:
@@ -107,6 +109,48 @@ class StaleTrialHandler:
                                               f"beating; trial {trial.number} failed and retried")
 
 
+def _worker_gone(trial) -> bool:
+    """The trial's worker ran on this host and its process no longer exists."""
+    host, _, pid = str(trial.user_attrs.get("mxlab.worker", "")).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return int(pid) == os.getpid()   # this very process starts anew: its old trial cannot be running
+
+
+def recover_interrupted(study, c, exp_id: str) -> list[int]:
+    """Before new trials: fail the trials this host's dead workers left RUNNING, and queue one retry of every
+    interrupted trial, which continues its MLflow run from the last checkpoint. Returns the retried numbers."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _worker_gone(trial):
+            storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    retried = set(study.user_attrs.get("mxlab.retried", []))
+    queued = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if not trial.user_attrs.get(INTERRUPTED) or trial.number in retried:
+            continue
+        runs = runs_of_key(c, exp_id, trial.user_attrs[TRIAL_KEY]) if TRIAL_KEY in trial.user_attrs else []
+        attrs = {"mxlab.trial": trial.number}
+        if runs:
+            attrs[RESUME_RUN] = runs[0].info.run_id
+        study.enqueue_trial(trial.params, user_attrs=attrs)
+        queued.append(trial.number)
+    if queued:
+        study.set_user_attr("mxlab.retried", sorted(retried | set(queued)))
+        log(f"trial(s) {queued} were interrupted: retrying them first, each continuing its run from its last "
+            f"checkpoint")
+    return queued
+
+
 class NonFiniteMetric(ValueError):
     """The search metric came out NaN or infinite: the trial fails rather than steering the sampler."""
 
@@ -124,8 +168,7 @@ class Objective:
         import optuna
 
         from mxlab.runner import run
-        from mxlab.interrupts import Terminated
-        from mxlab.tracking import client, experiment_id
+        from mxlab.tracking import client, experiment_id, set_tags
 
         # A retried trial arrives with its original's attributes: remember which trial it repeats.
         retry_of = trial.user_attrs.get("mxlab.trial")
@@ -150,21 +193,29 @@ class Objective:
                     trial.set_user_attr("mlflow.run_id", rid)   # every trial links to its run, pruned or failed too
                     close_child_run(c, rid, state, error)
 
+        pruner = OptunaPruner(trial, spec.search.metric)
         try:
-            result = run(spec, callbacks=[OptunaPruner(trial, spec.search.metric)], tags=tags,
-                         parent_run_id=self.parent_run_id, run_name=f"trial-{trial.number}",
-                         progress=self.progress, root=self.root)
+            earlier = trial.user_attrs.get(RESUME_RUN)
+            if earlier:   # an interrupted trial's retry goes on in the same run, under this trial's number
+                from mxlab.runner import resume
+
+                set_tags(c, earlier, {**tags, "mlflow.runName": f"trial-{trial.number}",
+                                      "mlflow.parentRunId": self.parent_run_id or ""})
+                result = resume(spec.name, earlier, callbacks=[pruner], progress=self.progress, root=self.root)
+            else:
+                result = run(spec, callbacks=[pruner], tags=tags, parent_run_id=self.parent_run_id,
+                             run_name=f"trial-{trial.number}", progress=self.progress, root=self.root)
         except optuna.TrialPruned:
             close("PRUNED")
             raise
-        except (KeyboardInterrupt, Terminated) as exc:
-            # The run is already KILLED; Optuna fails the trial only for Exception and KeyboardInterrupt.
+        except KeyboardInterrupt:
+            # Ctrl-C, SIGTERM or SIGHUP: the run is already KILLED and Optuna fails the trial; the next `tune`
+            # retries it, continuing its run from the last checkpoint.
             with contextlib.suppress(Exception):
+                trial.set_user_attr(INTERRUPTED, True)
                 for r in runs_of_key(c, exp_id, key):
                     c.set_tag(r.info.run_id, "optuna.state", "FAIL")
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            raise KeyboardInterrupt(str(exc)) from exc
+            raise
         except Exception as exc:
             close("FAIL")
             if isinstance(exc, KeyError) and str(exc).strip("'\"").startswith("search.metric"):

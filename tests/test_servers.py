@@ -1,0 +1,125 @@
+"""The servers mxlab starts stop whole on any stop signal, keep the store's password off the process list, and
+the dashboard answers only its own loopback name (no DNS rebinding)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from mxlab import servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_until_answers(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return   # it answered
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, read from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_ui_gets_the_store_through_its_environment_not_its_command_line(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(servers, "run_group", lambda command, env: seen.update(command=command, env=env) or 0)
+    uri = "postgresql://mxlab:pw-s3cret@db.lab:5432/mlflow"
+    assert servers.mlflow_ui(uri, 5123, tmp_path) == 0
+    assert not any("pw-s3cret" in part for part in seen["command"])
+    assert seen["env"]["MLFLOW_BACKEND_STORE_URI"] == uri
+    assert seen["command"][seen["command"].index("--host") + 1] == "127.0.0.1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: signal.Signals(s).name)
+def test_mxlab_ui_stops_its_whole_server_on_any_stop(workspace, sig):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mxlab.cli", "ui", "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # as from a terminal
+    try:
+        wait_until_answers(f"http://127.0.0.1:{port}/health", proc)
+        children = descendants(proc.pid)
+        assert children   # MLflow's server and its workers, in a process group of their own
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig
+        deadline = time.monotonic() + 20
+        while listening(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not listening(port)
+        assert [pid for pid in children if alive(pid)] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_the_dashboard_refuses_foreign_host_headers_and_stops_on_sigterm(workspace):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mxlab.cli", "dashboard", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_answers(f"http://127.0.0.1:{port}/", proc)
+        for host, expected in ((f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200),
+                               (f"attacker.example:{port}", 403), ("attacker.example", 403)):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/studies", headers={"Host": host})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    status = response.status
+            except urllib.error.HTTPError as err:
+                status = err.code
+            assert status == expected, host
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 143 and not listening(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
