@@ -96,7 +96,7 @@ test-fast: data ## the unit tests only (pytest -m "not slow"), under 90 s
 	@$(BIN)/python -m pytest -q -m "not slow" $(ARGS) || { rc=$$?; [ $$rc != 5 ] || echo "make test-fast: pytest collected no tests"; exit $$rc; }
 
 doctor: $(STAMP) ## check this installation: versions, build, GPUs, CUDA libraries, data, stores, stale runs, disk
-	$(BIN)/python -c 'import sys, mxlab.doctor as d; sys.exit(d.main())'
+	$(BIN)/mxlab doctor
 
 bench: data ## throughput and overhead, side by side, as ratios
 	$(BIN)/python benchmarks/run.py

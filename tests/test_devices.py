@@ -95,7 +95,7 @@ def test_parse_device_errors(text, gpus, message):
 
 
 def test_contexts_on_this_machine():
-    import mxnet as mx
+    mx = devices.import_mxnet()
 
     assert devices.contexts("cpu:0,1") == [mx.cpu(0), mx.cpu(1)]
     assert devices.contexts("auto") == [mx.cpu(0)]
