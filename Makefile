@@ -17,7 +17,7 @@ TRIALS ?= 20
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 
-.PHONY: help setup data exp tune ui dashboard test test-fast bench check list doctor
+.PHONY: help setup data exp tune ui dashboard test test-fast bench check list doctor parity
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]*:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -88,11 +88,16 @@ ui: $(STAMP) ## MLflow UI on http://127.0.0.1:$(PORT), every run there
 dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) (MXLAB_OPTUNA_STORAGE, else mlruns/optuna.db)
 	$(BIN)/mxlab dashboard --port $(DASHBOARD_PORT)
 
+# The book's own code for `mxlab reproduce --code book` and tests/test_parity.py: d2lzh's metadata pulls jupyter.
+parity: $(VENV)/.installed-parity ## install the book's d2lzh 1.0.0 (--no-deps) and IPython: its own code, for parity
+$(VENV)/.installed-parity: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[parity]" && $(BIN)/pip install --quiet --no-deps d2lzh==1.0.0 && touch $@
+
 # pytest's exit 5 (no test collected) fails like any other: a suite that ran nothing has not passed.
-test: data ## run the whole test suite (what CI runs, on Python 3.10 and 3.13)
+test: data parity ## run the whole test suite (what CI runs, on Python 3.10 and 3.13)
 	@$(BIN)/python -m pytest -q $(ARGS) || { rc=$$?; [ $$rc != 5 ] || echo "make test: pytest collected no tests"; exit $$rc; }
 
-test-fast: data ## the unit tests only (pytest -m "not slow"), under 90 s
+test-fast: data parity ## the unit tests only (pytest -m "not slow"), under 90 s
 	@$(BIN)/python -m pytest -q -m "not slow" $(ARGS) || { rc=$$?; [ $$rc != 5 ] || echo "make test-fast: pytest collected no tests"; exit $$rc; }
 
 doctor: $(STAMP) ## check this installation: versions, build, GPUs, CUDA libraries, data, stores, stale runs, disk
