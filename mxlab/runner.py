@@ -243,10 +243,10 @@ class _Training:
             self.net.load_parameters(str(folder / "last.params"), ctx=self.ctx_list)
         except (AssertionError, ValueError) as exc:   # Gluon reports a shape or name mismatch with assert
             raise CheckpointError(f"checkpoint/last.params does not fit this network: {exc}") from None
-        except Exception as exc:   # MXNetError for a truncated or foreign file
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except Exception as exc:   # MXNetError for a truncated or foreign file; its last line says why
+            lines = [line for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
             raise CheckpointError(f"checkpoint/last.params cannot be read (truncated or not an MXNet params "
-                                  f"file): {first}") from None
+                                  f"file): {lines[-1].removeprefix('MXNetError: ')}") from None
         self.updater = make_updater(self.net, self.spec.train, self.ctx_list)
         self.updater.load_states(str(folder / "last.states"))   # its SHA-256 was checked by resume
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
