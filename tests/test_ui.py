@@ -11,6 +11,8 @@ import tempfile
 import time
 import urllib.request
 
+import pytest
+
 from mxlab import runner, tracking
 from mxlab.spec import load_spec
 
@@ -79,3 +81,64 @@ def test_ui_serves_the_runs(workspace):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def screenshot(url: str, path) -> bytes:
+    """A PNG of the page after its scripts ran, from headless Chromium; returns its bytes."""
+    with tempfile.TemporaryDirectory() as profile:
+        out = subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+             f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--window-size=1400,900",
+             f"--screenshot={path}", url], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000   # a rendered page, not a blank one
+    return data
+
+
+def serve(command: list[str], url: str):
+    proc = subprocess.Popen([sys.executable, "-m", "mxlab.cli", *command], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return proc
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, f"{command[0]} did not answer"
+            time.sleep(1)
+
+
+@pytest.mark.slow
+def test_screenshots_of_a_study_in_the_mlflow_ui_and_in_optuna_dashboard(workspace, tmp_path):
+    """What the README shows, taken anew: `MXLAB_SCREENSHOTS=docs/screenshots` keeps them there."""
+    from mxlab.tuning import TuneOptions, tune
+
+    result = tune("softmax", ["train.epochs=3", "data.limit=5000"], TuneOptions(trials=4, seed=0, progress=False))
+    keep = os.environ.get("MXLAB_SCREENSHOTS")
+    shots = {}
+    port = free_port()
+    ui = serve(["ui", "--port", str(port)], f"http://127.0.0.1:{port}/health")
+    try:
+        exp_id = tracking.client().get_experiment_by_name("softmax").experiment_id
+        url = f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"
+        shots["mlflow-study.png"] = screenshot(url, tmp_path / "mlflow-study.png")
+        assert "study-softmax" in render(url)
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+    port = free_port()
+    board = serve(["dashboard", "--port", str(port)], f"http://127.0.0.1:{port}/api/studies")
+    try:
+        shots["optuna-dashboard.png"] = screenshot(f"http://127.0.0.1:{port}/dashboard/studies/1",
+                                                   tmp_path / "optuna-dashboard.png")
+    finally:
+        os.killpg(board.pid, signal.SIGTERM)
+        board.wait(timeout=30)
+    assert result["n_trials"] == 4
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        for name, data in shots.items():
+            with open(os.path.join(keep, name), "wb") as out:
+                out.write(data)
