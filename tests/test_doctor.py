@@ -35,6 +35,7 @@ def lines_of(result) -> dict[str, tuple[str, str]]:
     return {r["check"]: (r["status"], r["detail"]) for r in result}
 
 
+@pytest.mark.slow   # subprocesses that import mxnet or create a store: `make test`, not test-fast
 def test_command_on_this_installation(workspace):
     out = run_doctor()
     assert out.returncode == 0, out.stdout + out.stderr
@@ -51,6 +52,7 @@ def test_command_on_this_installation(workspace):
     assert names[:4] == ["python", "numpy", "compat", "mxnet"] and "stale runs" in names and "disk" in names
 
 
+@pytest.mark.slow   # subprocesses that import mxnet or create a store: `make test`, not test-fast
 def test_command_fails_on_unreachable_stores_and_hides_the_password(workspace):
     port = closed_port()
     out = run_doctor("--json", env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
@@ -270,6 +272,7 @@ def test_store_kinds(tmp_path, monkeypatch):
     assert doctor.hide_password("sqlite:////x/y.db") == "sqlite:////x/y.db"
 
 
+@pytest.mark.slow   # subprocesses that import mxnet or create a store: `make test`, not test-fast
 def test_stale_runs_of_this_host(workspace, monkeypatch):
     from mlflow.tracking import MlflowClient
 

@@ -91,6 +91,7 @@ def test_distutils_comes_from_setuptools_or_a_clear_error(monkeypatch):
         compat._ensure_distutils()
 
 
+@pytest.mark.slow   # subprocesses that import mxnet or create a store: `make test`, not test-fast
 def test_a_fresh_process_imports_mxnet_only_through_the_layer():
     """Where numpy dropped what MXNet reads, a bare `import mxnet` fails and mxlab's import works."""
     bare = subprocess.run([sys.executable, "-c", "import mxnet"], capture_output=True, text=True, timeout=120)
