@@ -1,11 +1,11 @@
-"""`make bench`: mxlab's training path against the book's own loop, side by side in one run, as ratios.
+"""`make bench`: mxlab's training path against the book's loop and PyTorch eager, side by side, as ratios; then the
+fixed costs (a whole `mxlab run`, `mxlab list`, a study's cost per trial, `mxlab ui`). Writes results.json.
 
-Each contender runs in a fresh process (so peak memory is its own) on the same data, model and seed:
-- book: the book's ``train_ch5`` loop: a Gluon ``DataLoader`` with ``ToTensor`` per example, an
-  un-hybridized LeNet, and ``.asscalar()`` on the loss and accuracy of every batch;
-- mxlab: ``mxlab.runner.run(spec, track=False)``, the path of ``mxlab run``: device-resident batches, hybridized net, sums read once per epoch;
-- mxlab+mlflow: the same with ``track=True`` (per-epoch metrics, checkpoints and artifacts), for the
-  tracking overhead.
+Each contender runs in a fresh process (so peak memory is its own) on the same data, network, batch, optimizer,
+seed and threads (see ``contenders.py``). The machine is shared, so contenders run in rounds, in a rotated
+order, and every figure is a ratio within one round; the median over rounds is reported, with the load seen.
+Throughput is each process's best epoch of the training phase (forward, backward, update), as
+``perf/samples_per_second``. mxlab's figures come from :func:`mxlab.runner.run`, the path of ``mxlab run``.
 It prints measurements; it asserts nothing.
 """
 from __future__ import annotations
@@ -13,101 +13,148 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from pathlib import Path
 
-EXPERIMENT = "lenet"
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-
-def book_loop(limit: int, epochs: int) -> dict:
-    import mxnet as mx
-    from mxnet import autograd, gluon
-    from mxnet.gluon.data.vision import transforms
-
-    from mxlab.data.fashion_mnist import load_arrays
-    from mxlab.spec import load_spec
-    from mxlab.train import build_net, seed_everything
-
-    spec = load_spec(EXPERIMENT)
-    arrays, _ = load_arrays()
-    X = arrays["train-images-idx3-ubyte"][:limit, :, :, None]   # HWC, as the book's dataset yields
-    y = arrays["train-labels-idx1-ubyte"][:limit].astype("float32")
-    dataset = gluon.data.ArrayDataset(mx.nd.array(X, dtype="uint8"), y)
-    loader = gluon.data.DataLoader(dataset.transform_first(transforms.ToTensor()), spec.data.batch_size,
-                                   shuffle=True)
-    seed_everything(spec.train.seed)
-    net = build_net(spec)
-    net.initialize(mx.init.Xavier(), ctx=mx.cpu())
-    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": spec.train.lr})
-    loss = gluon.loss.SoftmaxCrossEntropyLoss()
-    seconds, n = 0.0, 0
-    for _ in range(epochs):
-        train_l_sum, train_acc_sum, start = 0.0, 0.0, time.perf_counter()
-        for Xb, yb in loader:
-            with autograd.record():
-                y_hat = net(Xb)
-                l = loss(y_hat, yb).sum()
-            l.backward()
-            trainer.step(spec.data.batch_size)
-            train_l_sum += l.asscalar()
-            train_acc_sum += (y_hat.argmax(axis=1) == yb).sum().asscalar()
-            n += yb.shape[0]
-        seconds += time.perf_counter() - start
-    return {"samples_per_second": n / seconds, "train/loss": train_l_sum / limit}
+LENET_KINDS = ("book", "mxlab", "torch", "mxlab+mlflow")
+RESNET_KINDS = ("mxlab-resnet", "torch-resnet")
 
 
-def mxlab_fit(limit: int, epochs: int, tracked: bool) -> dict:
-    """The same code path as ``mxlab run``: :func:`mxlab.runner.run`, with or without MLflow."""
-    from mxlab.runner import run
-    from mxlab.spec import load_spec
+def have_torch() -> bool:
+    import importlib.util
 
-    spec = load_spec(EXPERIMENT, [f"data.limit={limit}", f"train.epochs={epochs}", "train.device=cpu"])
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench.db"
-        history = run(spec, track=tracked, progress=False).history
-    wall = time.perf_counter() - start
-    return {"samples_per_second": sum(h["perf/samples_per_second"] for h in history) / len(history),
-            "epoch_seconds": sum(h["perf/epoch_seconds"] for h in history) / len(history),
-            "wall_seconds": wall, "train/loss": history[-1]["train/loss"]}
+    return importlib.util.find_spec("torch") is not None
 
 
 def one(kind: str, limit: int, epochs: int) -> None:
-    result = {"book": lambda: book_loop(limit, epochs),
-              "mxlab": lambda: mxlab_fit(limit, epochs, tracked=False),
-              "mxlab+mlflow": lambda: mxlab_fit(limit, epochs, tracked=True)}[kind]()
+    from contenders import KINDS
+
+    result = KINDS[kind](limit, epochs)
+    result["samples_per_second"] = max(result["epoch_samples_per_second"])
+    result["samples_per_cpu_second"] = max(result["epoch_samples_per_cpu_second"])
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 
+def spawn(kind: str, limit: int, epochs: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", kind, "--limit", str(limit), "--epochs", str(epochs)],
+                         capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rounds(kinds: tuple, limit: int, epochs: int, repeats: int) -> list[dict]:
+    """``repeats`` rounds of every kind, the order rotated each round so that no contender always goes first."""
+    found = []
+    for r in range(repeats):
+        order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
+        results = {"load_before": os.getloadavg()[0]}
+        for kind in order:
+            results[kind] = spawn(kind, limit, epochs)
+            print(f"  round {r + 1} {kind:<13} {results[kind]['samples_per_second']:>8,.0f} img/s "
+                  f"{results[kind]['samples_per_cpu_second']:>8,.0f} img/CPU-s  peak RSS "
+                  f"{results[kind]['peak_rss_mb']:,.0f} MB", flush=True)
+        found.append(results)
+    return found
+
+
+def ratio(found: list[dict], a: str, b: str, key: str = "samples_per_second") -> dict:
+    values = [r[a][key] / r[b][key] for r in found if a in r and b in r]
+    return {"median": statistics.median(values), "per_round": values} if values else {}
+
+
+def machine() -> dict:
+    import numpy
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "numpy": numpy.__version__,
+            "load_average_at_start": os.getloadavg()}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                           if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    from importlib import metadata
+
+    for dist in ("mxnet", "torch", "mlflow", "optuna"):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[dist] = None
+    return info
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, default=60000, help="training examples (default: all 60,000)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--one", choices=["book", "mxlab", "mxlab+mlflow"], help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=int, default=10000, help="training images for LeNet (default 10,000)")
+    parser.add_argument("--resnet-limit", type=int, default=2048, help="training images for ResNet-18 (0: skip)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per process; its best one counts")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the contenders")
+    parser.add_argument("--study-trials", type=int, default=5, help="trials for the per-trial cost (0: skip)")
+    parser.add_argument("--no-ui", action="store_true", help="skip timing `mxlab ui`")
+    parser.add_argument("--output", default=str(HERE / "results.json"))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         one(args.one, args.limit, args.epochs)
         return 0
-    print(f"LeNet on Fashion-MNIST, {args.limit} examples x {args.epochs} epochs, batch 256, one CPU context, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    results = {}
-    for kind in ("book", "mxlab", "mxlab+mlflow"):
-        out = subprocess.run([sys.executable, __file__, "--one", kind, "--limit", str(args.limit), "--epochs",
-                              str(args.epochs)], capture_output=True, text=True, check=True)
-        results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
-        r = results[kind]
-        print(f"  {kind:<13} {r['samples_per_second']:>9,.0f} img/s (training phase)   peak RSS "
-              f"{r['peak_rss_mb']:,.0f} MB")
-    book, ours, tracked = results["book"], results["mxlab"], results["mxlab+mlflow"]
-    print(f"speed-up of mxlab's loop over the book's: {ours['samples_per_second'] / book['samples_per_second']:.2f}x")
-    print(f"peak memory, mxlab / book: {ours['peak_rss_mb'] / book['peak_rss_mb']:.2f}")
-    print(f"MLflow tracking overhead (wall time, tracked / untracked): "
-          f"{tracked['wall_seconds'] / ours['wall_seconds']:.2f}x "
-          f"({tracked['wall_seconds'] - ours['wall_seconds']:.1f} s over {args.epochs} epochs)")
+    import fixed
+
+    started = time.time()
+    torch = have_torch()
+    info = machine()
+    print(f"machine: {info.get('cpu', '?')}, {info['cpus']} CPUs, load average {info['load_average_at_start'][0]:.1f}, "
+          f"Python {info['python']}, mxnet {info['mxnet']}, torch {info['torch'] or 'not installed'}")
+    print(f"LeNet on Fashion-MNIST, {args.limit} images, batch 256, {args.epochs} epochs (best counts), "
+          f"{args.repeats} rounds")
+    lenet = rounds(LENET_KINDS if torch else tuple(k for k in LENET_KINDS if k != "torch"), args.limit, args.epochs,
+                   args.repeats)
+    resnet = []
+    if torch and args.resnet_limit:
+        print(f"ResNet-18 at 28x28, {args.resnet_limit} images, batch 256")
+        resnet = rounds(RESNET_KINDS, args.resnet_limit, args.epochs, args.repeats)
+    print("fixed costs (throwaway stores)")
+    costs = fixed.measure(args.study_trials, not args.no_ui)
+    figures = {
+        "lenet_mxlab_over_book": ratio(lenet, "mxlab", "book"),
+        "lenet_mxlab_over_torch": ratio(lenet, "mxlab", "torch"),
+        "resnet18_mxlab_over_torch": ratio(resnet, "mxlab-resnet", "torch-resnet"),
+        "lenet_mxlab_over_book_per_cpu_second": ratio(lenet, "mxlab", "book", "samples_per_cpu_second"),
+        "lenet_mxlab_over_torch_per_cpu_second": ratio(lenet, "mxlab", "torch", "samples_per_cpu_second"),
+        "resnet18_mxlab_over_torch_per_cpu_second": ratio(resnet, "mxlab-resnet", "torch-resnet",
+                                                          "samples_per_cpu_second"),
+        "lenet_tracked_over_untracked_throughput": ratio(lenet, "mxlab+mlflow", "mxlab"),
+        "lenet_peak_rss_mxlab_over_book": ratio(lenet, "mxlab", "book", "peak_rss_mb"),
+        "callback_share_of_training_phase_tracked": statistics.median(r["mxlab+mlflow"]["callback_share"]
+                                                                       for r in lenet),
+        "run_linreg_wall_seconds": costs["run_linreg"]["wall_seconds"],
+        "run_linreg_in_import_mxnet_units": costs["run_linreg"]["in_import_mxnet_units"],
+        "list_wall_seconds": costs["list"]["wall_seconds"],
+    }
+    if "study" in costs:
+        figures["study_wall_seconds_per_trial"] = costs["study"]["wall_seconds_per_trial"]
+    if "ui" in costs:
+        figures["ui_tree_rss_mb"] = costs["ui"]["tree_rss_mb"]
+        figures["ui_seconds_to_answer"] = costs["ui"]["seconds_to_answer"]
+    print("figures (ratios: median over rounds)")
+    for key, value in figures.items():
+        shown = value.get("median") if isinstance(value, dict) else value
+        print(f"  {key:<45} {'-' if shown is None else f'{shown:.3f}'}")
+    info["load_average_at_end"] = os.getloadavg()
+    Path(args.output).write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)), "seconds": time.time() - started,
+        "machine": info, "settings": vars(args), "figures": figures, "lenet_rounds": lenet, "resnet_rounds": resnet,
+        "fixed_costs": costs}, indent=1) + "\n")
+    print(f"wrote {args.output}")
     return 0
 
 

@@ -1,0 +1,115 @@
+"""Fixed costs of `make bench`: whole commands, timed from outside, each in a throwaway MLflow and Optuna store.
+
+On a loaded machine wall time stretches with the load, so each figure also comes in units of a bare
+``python -c "import mxnet"`` timed in the same round: that unit was 1.5 s on a quiet 2-core machine.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MXLAB = [sys.executable, "-m", "mxlab.cli"]
+
+
+def timed(command: list[str], env: dict) -> dict:
+    """Wall and CPU seconds (the command and its children) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True, timeout=900)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_seconds": wall, "cpu_seconds": cpu}
+
+
+def store_env(tmp: str) -> dict:
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db",
+               MXLAB_OPTUNA_STORAGE=f"sqlite:///{tmp}/optuna.db")
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def run_and_list(tmp: str) -> dict:
+    """``import mxnet`` (the unit), ``mxlab list``, and ``mxlab run linreg train.epochs=1`` on a store that
+    exists already (its schema is made by a first, untimed run, as on any machine after the first run)."""
+    env = store_env(tmp)
+    subprocess.run([*MXLAB, "run", "linreg", "train.epochs=1"], env=env, cwd=ROOT, check=True, capture_output=True)
+    return {"import_mxnet": timed([sys.executable, "-c", "import mxnet"], env),
+            "list": timed([*MXLAB, "list"], env),
+            "run_linreg": timed([*MXLAB, "run", "linreg", "train.epochs=1"], env)}
+
+
+def study(tmp: str, trials: int) -> dict:
+    """A study's cost per trial beyond training: two `mxlab tune linreg` of 1 and 1 + ``trials`` trials, the
+    difference per trial, less the trials' own epoch seconds (about 0.06 s for linreg)."""
+    env = store_env(tmp)
+    common = ["train.epochs=1", "--seed", "0", "--pruner", "none"]
+    one = timed([*MXLAB, "tune", "linreg", "--trials", "1", "--study", "one", *common], env)
+    many = timed([*MXLAB, "tune", "linreg", "--trials", str(trials + 1), "--study", "many", *common], env)
+    per_trial = (many["wall_seconds"] - one["wall_seconds"]) / trials
+    return {"trials": trials, "one_trial": one, f"{trials + 1}_trials": many, "wall_seconds_per_trial": per_trial,
+            "cpu_seconds_per_trial": (many["cpu_seconds"] - one["cpu_seconds"]) / trials}
+
+
+def _tree_rss_mb(pid: int) -> float:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20, len(procs)
+
+
+def ui(tmp: str, port: int = 5987, settle: float = 5.0) -> dict:
+    """``mxlab ui``: seconds until its page answers, then its process tree's memory (after ``settle`` s)."""
+    env = store_env(tmp)
+    proc = subprocess.Popen([*MXLAB, "ui", "--port", str(port)], env=env, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start, answered = time.perf_counter(), None
+    try:
+        while time.perf_counter() - start < 120:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as page:
+                    if page.status == 200:
+                        answered = time.perf_counter() - start
+                        break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(settle)
+        rss, processes = _tree_rss_mb(proc.pid)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return {"seconds_to_answer": answered, "tree_rss_mb": rss, "processes": processes}
+
+
+def measure(study_trials: int, with_ui: bool) -> dict:
+    with tempfile.TemporaryDirectory(prefix="mxlab-bench-") as tmp:
+        out = run_and_list(tmp)
+        if study_trials:
+            out["study"] = study(tmp, study_trials)
+        if with_ui:
+            out["ui"] = ui(tmp)
+    unit = out["import_mxnet"]["wall_seconds"]
+    for key in ("list", "run_linreg"):
+        out[key]["in_import_mxnet_units"] = out[key]["wall_seconds"] / unit
+    return out
