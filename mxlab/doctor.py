@@ -306,21 +306,13 @@ def check_optuna():
     return check_store(url, "studies") if url else (WARN, "not checked: no workspace, no MXLAB_OPTUNA_STORAGE")
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # alive, someone else's
-        return True
-    return True
-
-
 def check_stale_runs():
     uri = _store_url("MLFLOW_TRACKING_URI", _workspace().mlflow_uri)
     if uri is None or uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return OK, "none (no MLflow store yet)"
     from mlflow.tracking import MlflowClient
+
+    from mxlab.tracking import owner_alive
 
     client = MlflowClient(uri)
     host = socket.gethostname()
@@ -331,7 +323,7 @@ def check_stale_runs():
         pid = run.data.tags.get("mxlab.pid", "")
         if not pid.isdigit():
             unknown += 1
-        elif not pid_alive(int(pid)):
+        elif owner_alive(run.data.tags) is False:   # pid and process start time: a reused pid is no owner
             stale.append(f"{run.info.run_id} (pid {pid})")
     extra = f"; {unknown} RUNNING without a recorded pid" if unknown else ""
     if stale:

@@ -67,13 +67,15 @@ def log(run_id: str, folder: Path, artifacts: dict, card: dict, example, *, trac
     card_path = folder / "model.json"
     card_path.write_text(json.dumps(card, ensure_ascii=False, indent=1), encoding="utf-8")
     files = {k: str(v) for k, v in {**artifacts, "card": card_path}.items()}
-    mlflow.set_tracking_uri(tracking_uri)   # Model.log talks to the global store
     c = mlflow.MlflowClient(tracking_uri)
     run = c.get_run(run_id)
     # Created here, in the run's experiment (Model.log alone would put it in the active, default one).
     model = c.create_logged_model(run.info.experiment_id, name="model", source_run_id=run_id,
                                   params=dict(run.data.params), tags={"mxlab.experiment": card.get("experiment", "")})
-    with warnings.catch_warnings(record=True):   # MLflow forces some warnings on: recorded, not shown
+    from mxlab.tracking import process_tracking_uri
+
+    # Model.log talks to the process-wide store; MLflow forces some warnings on: recorded, not shown.
+    with process_tracking_uri(tracking_uri), warnings.catch_warnings(record=True):
         return Model.log(None, mlflow.pyfunc, name="model", run_id=run_id, model_id=model.model_id,
                          python_model=str(Path(__file__).with_name("pyfunc_model.py")), artifacts=files,
                          signature=signature(card), input_example=example, pip_requirements=pip_requirements(),

@@ -23,8 +23,10 @@ def load_model(run_id: str):
     outputs = run.outputs.model_outputs if run.outputs else []
     if not outputs:
         raise ValueError(f"run {run_id} has no logged model (it did not finish); allowed: a FINISHED run")
-    mlflow.set_tracking_uri(c.tracking_uri)
-    with warnings.catch_warnings(record=True):   # MLflow's advice on type hints is for the model's author
+    from mxlab.tracking import process_tracking_uri
+
+    # models:/ URIs resolve against the process-wide store; MLflow's type-hint advice is for the model's author.
+    with process_tracking_uri(c.tracking_uri), warnings.catch_warnings(record=True):
         return mlflow.pyfunc.load_model(f"models:/{outputs[-1].model_id}")
 
 

@@ -41,6 +41,24 @@ class StoreError(RuntimeError):
     """The tracking store cannot be used as given; the message says what to do."""
 
 
+@contextlib.contextmanager
+def process_tracking_uri(uri: str):
+    """MLflow's model APIs read the process-wide tracking URI, and setting it also sets MLFLOW_TRACKING_URI for
+    the whole process: point both at ``uri`` for the duration only, then put them back, so that one workspace's
+    store never leaks into the next call (a notebook, a test)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    previous, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def tracking_uri(root: Path | None = None) -> str:
     uri = workspace.mlflow_uri(root)
     if uri.startswith("sqlite:") and not sqlite_path(uri).is_absolute():

@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+from mxlab import compat
+
+compat.apply()   # some tests import mxnet directly; on Python 3.12+ it needs the compatibility layer first
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,3 +27,13 @@ def workspace(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MXLAB_OPTUNA_STORAGE", raising=False)
     return root
+
+
+@pytest.fixture(autouse=True)
+def fresh_mlflow_uri():
+    """A test that points MLflow's process-wide store at its workspace must not leave it there for the next."""
+    yield
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._tracking_service import utils
+
+        utils._tracking_uri = None   # the environment is the monkeypatch's to restore
