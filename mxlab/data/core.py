@@ -41,16 +41,30 @@ class ArrayLoader:
         self.y = mx.nd.array(y, ctx=ctx, dtype=np.float32)
         self.batch_size, self.ctx, self.shuffle, self.transform = batch_size, ctx, shuffle, transform
         self.num_examples = len(X)
+        self.max_batches: Optional[int] = None   # a shard's cap, so that every worker takes as many steps
 
     def __len__(self) -> int:
-        return -(-self.num_examples // self.batch_size)
+        full = -(-self.num_examples // self.batch_size)
+        return full if self.max_batches is None else min(full, self.max_batches)
+
+    def shard(self, rank: int, workers: int) -> "ArrayLoader":
+        """Examples ``rank``, ``rank + workers``, ...: disjoint shards that together hold every example.
+
+        Synchronous workers must step together, so each shard yields ``ceil((n // workers) / batch_size)``
+        batches. All examples are used each epoch, except when ``n // workers`` is a multiple of the batch size:
+        then a larger shard leaves out one example per epoch (a different one each epoch, after its shuffle).
+        """
+        X, y = self.X.asnumpy()[rank::workers], self.y.asnumpy()[rank::workers]
+        part = ArrayLoader(X, y, self.batch_size, self.ctx, self.shuffle, self.transform)
+        part.max_batches = -(-(self.num_examples // workers) // self.batch_size)
+        return part
 
     def __iter__(self) -> Iterator:
         mx = import_mxnet()
         index = mx.nd.arange(self.num_examples, ctx=self.ctx)
         if self.shuffle:
             index = mx.nd.random.shuffle(index)
-        for start in range(0, self.num_examples, self.batch_size):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             batch = index[start:start + self.batch_size]
             X = mx.nd.take(self.X, batch)
             yield (self.transform(X) if self.transform else X), mx.nd.take(self.y, batch)
@@ -110,6 +124,21 @@ def make_splits(data, seed: int, train: tuple, test: Split = None, tail: bool = 
     return cap(train), cap(val), cap(test)
 
 
-def load_data(spec, ctx) -> DataBundle:
-    """Build the dataset of ``spec.data`` with its batches on ``ctx`` (the first training context)."""
-    return datasets.get(spec.data.name)(spec.data, ctx, spec.train.seed, **spec.data.options)
+def load_data(spec, ctx, shard: tuple[int, int] = (0, 1)) -> DataBundle:
+    """Build the dataset of ``spec.data`` with its batches on ``ctx`` (the first training context).
+
+    ``shard=(rank, workers)``: a worker of a distributed job trains its own shard of the training split
+    (:meth:`ArrayLoader.shard`); validation and test stay whole, every worker holding the same network.
+    """
+    bundle = datasets.get(spec.data.name)(spec.data, ctx, spec.train.seed, **spec.data.options)
+    rank, workers = shard
+    if workers > 1:
+        split = getattr(bundle.train, "shard", None)
+        if split is None:
+            raise DataError(f"data.name={spec.data.name}: its training split cannot be sharded across workers yet; "
+                            f"allowed with mxlab launch: datasets of examples (fashion_mnist, synthetic_linear)")
+        if bundle.train.num_examples < workers:
+            raise DataError(f"the training split has {bundle.train.num_examples} example(s) for {workers} workers; "
+                            f"allowed: data.limit of at least {workers}, or fewer workers")
+        bundle.train = split(rank, workers)
+    return bundle
