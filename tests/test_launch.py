@@ -240,13 +240,24 @@ def test_a_killed_worker_fails_the_job_and_leaves_nothing_behind(workspace):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_every_process_and_marks_the_run_killed(workspace):
-    job = Job("lenet", "-n", "2", "data.limit=2048", "data.batch_size=64", "train.epochs=200")
+def test_ctrl_c_stops_every_process_and_marks_the_run_killed(workspace, tmp_path, monkeypatch):
+    # --hosts through an `ssh` that runs the remote command here: the command line a host gets, for real.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/ssh.log\n'
+                                 'while [ $# -gt 1 ]; do shift; done\nexec /bin/sh -c "$1"\n')
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    (tmp_path / "hosts").write_text("127.0.0.1\n")
+    job = Job("lenet", "-n", "2", "--hosts", str(tmp_path / "hosts"), "data.limit=2048", "data.batch_size=64",
+              "train.epochs=200")
     _started_and_training(job)
     os.killpg(job.popen.pid, signal.SIGINT)   # what the terminal sends to its foreground job
     code, _, err = job.finish(timeout=60)
     assert code == 130, err
     assert "stopped by SIGINT" in err
     assert_nothing_left(job)
+    ssh = (tmp_path / "ssh.log").read_text().splitlines()
+    assert len(ssh) == 3 and all(line.startswith("-o BatchMode=yes -p 22 127.0.0.1 cd ") for line in ssh), ssh
     _, run = the_run(workspace)
-    assert run.info.status == "KILLED"
+    assert run.info.status == "KILLED" and run.data.tags["mxlab.hosts"] == "127.0.0.1"
