@@ -12,6 +12,8 @@ from mxlab import runner, tracking
 from mxlab.cli import main
 from mxlab.spec import load_spec
 
+pytestmark = pytest.mark.slow   # tracked runs read back through the commands: `make test`, not test-fast
+
 
 def test_bare_mxlab_prints_help_and_version_answers(capsys):
     assert main([]) == 0

@@ -1,6 +1,8 @@
 """What a run prints: plain lines off a terminal, a bar on one, a short summary, library noise kept off."""
 from __future__ import annotations
 
+import pytest
+
 import io
 import logging
 import os
@@ -66,6 +68,7 @@ def test_library_logging_and_warnings_are_quiet(monkeypatch):
     assert logging.getLogger("mlflow").getEffectiveLevel() >= logging.WARNING
 
 
+@pytest.mark.slow
 def test_cli_run_shows_progress_and_a_summary_and_keeps_json_alone(workspace):
     plain = subprocess.run([sys.executable, "-m", "mxlab.cli", "run", "linreg", "train.epochs=2"],
                            capture_output=True, text=True, timeout=300)

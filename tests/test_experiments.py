@@ -32,6 +32,7 @@ def test_experiment_trains_one_short_step(workspace, name):
     assert run.info.status == "FINISHED" and "train/loss" in run.data.metrics
 
 
+@pytest.mark.slow
 def test_list_prints_a_table_of_every_experiment_without_loading_mxnet_or_mlflow(workspace):
     # Listing reads the YAML files only: no MXNet, MLflow or Optuna, so it answers at once.
     probe = ("import sys; from mxlab import cli; code = cli.main(['list']); "
@@ -46,6 +47,7 @@ def test_list_prints_a_table_of_every_experiment_without_loading_mxnet_or_mlflow
     assert rows["lenet"][:2] == ["lenet", "fashion_mnist"]
 
 
+@pytest.mark.slow
 def test_check_passes_on_all_and_fails_on_a_broken_one(tmp_path, monkeypatch):
     from tests.conftest import REPO
 
@@ -64,6 +66,7 @@ def test_check_passes_on_all_and_fails_on_a_broken_one(tmp_path, monkeypatch):
     assert "train.lr: got 'fast'; allowed: a finite number" in out.stdout
 
 
+@pytest.mark.slow
 def test_run_of_unknown_experiment_lists_known(workspace):
     out = subprocess.run([sys.executable, "-m", "mxlab.cli", "run", "lenett"], capture_output=True, text=True,
                          timeout=120)

@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow   # each case is the real command line in a subprocess: `make test`, not test-fast
+
 
 def mxlab(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
     full = {**os.environ, **(env or {})}
@@ -148,7 +150,6 @@ def test_a_sqlite_store_keeps_its_lock_and_artifacts_beside_it_and_nothing_lands
     assert list(cwd.iterdir()) == []
 
 
-@pytest.mark.slow
 def test_eight_runs_from_two_workspaces_on_one_fresh_store(tmp_path):
     store = tmp_path / "shared" / "mlflow.db"
     procs = []

@@ -22,6 +22,8 @@ from mxlab.cli import main
 from mxlab.packaging import CLASS_NAMES
 from mxlab.spec import load_spec
 
+pytestmark = pytest.mark.slow   # logged models of tracked runs: `make test`, not test-fast
+
 LABELS = CLASS_NAMES["fashion_mnist"]
 
 
@@ -86,7 +88,6 @@ def test_language_model_takes_prefixes_and_returns_text(workspace):
     assert [len(t) for t in frame["text"]] == [8, 9] and frame["text"][1].startswith(vocab[4] + vocab[5])
 
 
-@pytest.mark.slow
 def test_mlflow_models_predict_answers_the_input_example(workspace, capsys, tmp_path):
     result, model = train("lenet", "train.epochs=1", "data.limit=600")
     env = mxlab_env(capsys)
@@ -104,7 +105,6 @@ def test_mlflow_models_predict_answers_the_input_example(workspace, capsys, tmp_
     assert not (tmp_path / "mlflow.db").exists()   # MLflow did not fall back to a store of its own
 
 
-@pytest.mark.slow
 def test_mlflow_models_serve_answers_the_input_example(workspace, capsys, tmp_path):
     result, model = train("softmax", "train.epochs=1", "data.limit=600")
     env = mxlab_env(capsys)

@@ -59,6 +59,7 @@ def test_run_seeds_reports_each_seed_and_their_spread(workspace):
     assert got["std"]["test/acc"] == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2))
 
 
+@pytest.mark.slow
 def test_the_books_rnn_loops_run_on_the_same_text(workspace):
     indices, idx_to_char, char_to_idx = parity.corpus(mxlab.load_spec("rnn_scratch"))
     assert len(indices) == 10_000 and len(idx_to_char) == len(char_to_idx) > 500
@@ -69,6 +70,7 @@ def test_the_books_rnn_loops_run_on_the_same_text(workspace):
         parity.run_image("custom_block", 1)
 
 
+@pytest.mark.slow
 def test_the_chapters_linear_loops_show_the_books_effects():
     assert parity.run_linear("linreg_scratch", 1)["train/loss"] < 1e-4        # the noise floor, 0.01**2 / 2
     assert parity.run_linear("linreg", 1)["train/loss"] < 1e-4

@@ -32,6 +32,7 @@ def test_nest_turns_dotted_params_into_the_spec_layout():
         == {"data": {"batch_size": 64}, "model": {"dropout1": 0.25}, "train": {"lr": 0.123457, "wd": 1e-5}}
 
 
+@pytest.mark.slow
 def test_save_preset_writes_the_best_trial_with_its_header(own_workspace, capsys):
     folder = own_workspace / "experiments" / "linreg"
     code = cli.main(["tune", "linreg", "--trials", "3", "--seed", "1", "--json", "--save-preset", "tuned",
@@ -70,6 +71,7 @@ def test_save_preset_writes_the_best_trial_with_its_header(own_workspace, capsys
     assert "# trials: 4 (" in path.read_text()
 
 
+@pytest.mark.slow
 def test_save_preset_refuses_a_bad_name_before_the_study_and_a_hand_written_file(own_workspace, capsys):
     assert cli.main(["tune", "linreg", "--trials", "1", "--save-preset", "../x", "train.epochs=1"]) == 2
     assert "--save-preset '../x'" in capsys.readouterr().err

@@ -27,6 +27,7 @@ def test_the_verdict_compares_with_the_books_code_here():
     assert meets_book_code({"train/loss": 1.0}, {"train/loss": 2.0}, ["train/loss"]) == ""
 
 
+@pytest.mark.slow
 def test_reproduce_runs_and_renders(workspace, tmp_path):
     docs = tmp_path / "docs"
     path = reproduce.reproduce(["linreg", "weight_decay_scratch"], docs=docs, seeds=2)
@@ -77,6 +78,7 @@ def test_reproduce_refuses_what_it_cannot_do(workspace):
     assert cli.main(["reproduce", "linreg", "--seeds", "0"]) == 2
 
 
+@pytest.mark.slow
 def test_preset_rows_and_the_tuning_report(own_workspace):
     """A tiny study's preset trained by reproduce --preset: tuning-results.md, its JSON and its plots."""
     root = own_workspace

@@ -33,6 +33,7 @@ def test_golden_metrics_survive_the_move(workspace, name):
         assert result.metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
 
 
+@pytest.mark.slow
 def test_an_untracked_run_loads_neither_mlflow_nor_optuna(workspace):
     probe = ("import json, sys, mxlab\n"
              "r = mxlab.run('linreg', ['train.epochs=1'], track=False, progress=False)\n"
@@ -46,6 +47,7 @@ def test_an_untracked_run_loads_neither_mlflow_nor_optuna(workspace):
     assert not (workspace / "mlruns").exists()   # no store was created either
 
 
+@pytest.mark.slow
 def test_import_mxlab_imports_no_framework():
     probe = "import sys, mxlab; print(sorted(m for m in ('mxnet', 'mlflow', 'optuna') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
@@ -60,6 +62,7 @@ def test_overrides_as_a_dict_or_a_list_give_the_same_spec(workspace):
         mxlab.load_spec("lenet", "train.lr=0.3")
 
 
+@pytest.mark.slow
 def test_a_tracked_run_records_what_the_untracked_one_computes(workspace):
     spec = mxlab.load_spec("softmax", ["train.epochs=1", "data.limit=1000"])
     untracked = runner.run(spec, track=False, progress=False)
@@ -70,6 +73,7 @@ def test_a_tracked_run_records_what_the_untracked_one_computes(workspace):
     assert run.data.tags["mxlab.pid"].isdigit() and run.data.tags["host"]
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_run_and_says_why(workspace):
     # No epoch can improve train/loss by 100: epoch 1 sets the best, epoch 2 is one stale epoch, then it stops.
     overrides = {"train.epochs": 5, "data.limit": 1000,
@@ -100,6 +104,7 @@ def test_a_scratch_model_says_it_steps_with_its_own_sgd(workspace):
         mxlab.run("softmax_scratch", {"train.optimizer": "nag", "data.limit": 100}, track=False, progress=False)
 
 
+@pytest.mark.slow
 def test_readme_from_python_example_runs(workspace, monkeypatch):
     """The README's "From Python" section is code a researcher pastes into a notebook: it must work."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")

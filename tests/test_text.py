@@ -292,6 +292,7 @@ def test_sampler_refuses_prefixes_the_full_corpus_lacks(workspace, tmp_path):
         TextSampler(tmp_path, 1, spec.train.sample_prefixes, 5).on_fit_begin(state)
 
 
+@pytest.mark.slow
 def test_tracked_run_logs_text_samples(workspace):
     from mlflow.tracking import MlflowClient
 

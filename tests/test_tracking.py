@@ -22,6 +22,8 @@ from mxlab.spec import from_dict, load_spec
 from mxlab.tasks import tasks
 from mxlab.train import build_net, evaluate
 
+pytestmark = pytest.mark.slow   # tracked runs in subprocesses and MLflow stores: `make test`, not test-fast
+
 CORE = {
     "linreg_scratch": ["train.epochs=1"],
     "linreg": ["train.epochs=1"],
@@ -141,9 +143,12 @@ def wait_for_epoch(client, experiment, timeout=120):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_ends_the_run_killed_and_keeps_finished_epochs(workspace, sig):
+def test_signal_ends_the_run_killed_and_keeps_finished_epochs(workspace, sig, tmp_path):
     command = [sys.executable, "-m", "mxlab.cli", "run", "softmax", "train.epochs=500", "data.limit=2000"]
-    proc = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Output to a file, not a pipe nobody reads while it runs: a full pipe would block the process.
+    err = open(tmp_path / "stderr.txt", "w+b")
+    proc = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=err,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # as from a terminal
     try:
         client = tracking.client()
         run = wait_for_epoch(client, "softmax")
@@ -154,7 +159,8 @@ def test_signal_ends_the_run_killed_and_keeps_finished_epochs(workspace, sig):
     run = client.get_run(run.info.run_id)
     assert run.info.status == "KILLED"
     assert proc.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig]
-    assert "Traceback" not in proc.stderr.read().decode()
+    err.seek(0)
+    assert "Traceback" not in err.read().decode()
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 1
     assert "checkpoint/last.params" in artifact_paths(client, run.info.run_id)
 

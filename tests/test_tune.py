@@ -12,6 +12,8 @@ from mxlab.tuning import study as studies
 from mxlab.spec import SpecError, load_spec
 from mxlab.tracking import client
 
+pytestmark = pytest.mark.slow   # studies with tracked trials: `make test`, not test-fast
+
 QUICK = ["train.epochs=2", "data.limit=256", "data.batch_size=64"]
 
 

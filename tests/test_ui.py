@@ -16,6 +16,8 @@ import pytest
 from mxlab import runner, tracking
 from mxlab.spec import load_spec
 
+pytestmark = pytest.mark.slow   # servers and a browser: `make test`, not test-fast
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -110,7 +112,6 @@ def serve(command: list[str], url: str):
             time.sleep(1)
 
 
-@pytest.mark.slow
 def test_screenshots_of_a_study_in_the_mlflow_ui_and_in_optuna_dashboard(workspace, tmp_path):
     """What the README shows, taken anew: `MXLAB_SCREENSHOTS=docs/screenshots` keeps them there."""
     from mxlab.tuning import TuneOptions, tune
