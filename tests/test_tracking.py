@@ -207,3 +207,13 @@ def test_language_model_pyfunc_predicts_like_the_network(workspace, name):
     expected = [predict_rnn(net, p, 12, idx_to_char, char_to_idx, mx.cpu()) for p in prefixes]
     assert list(frame["prefix"]) == prefixes and list(frame["text"]) == expected
     assert all(len(t) == len(p) + 12 for t, p in zip(frame["text"], prefixes))
+
+
+def test_system_metrics_are_sampled_by_default_and_can_be_turned_off(workspace, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")   # a short run still gets samples
+    spec = load_spec("lenet", ["train.epochs=2", "data.limit=3000", "train.device=cpu"])
+    sampled = runner.run(spec, progress=False)
+    keys = set(tracking.client().get_run(sampled.run_id).data.metrics)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys
+    quiet = runner.run(spec.replace(**{"train.system_metrics": False}), progress=False)
+    assert not [k for k in tracking.client().get_run(quiet.run_id).data.metrics if k.startswith("system/")]
