@@ -1,8 +1,12 @@
 """Shared fixtures: every test gets its own workspace (stores under a temp folder) over the real experiments."""
 from __future__ import annotations
 
+import json
 import os
+import socket
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,26 @@ compat.apply()   # some tests import mxnet directly; on Python 3.12+ it needs th
 REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def free_port() -> int:
+    """A port nothing listens on now, on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post_json_until_answered(url: str, body: bytes, proc, timeout: float, what: str, pause: float = 1.0):
+    """POST ``body`` to a server that ``proc`` is still starting, until it answers; returns the decoded reply."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, f"{what} did not answer"
+            time.sleep(pause)
 
 
 @pytest.fixture

@@ -6,11 +6,8 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -21,6 +18,7 @@ from mxlab import runner, tracking
 from mxlab.cli import main
 from mxlab.packaging import CLASS_NAMES
 from mxlab.spec import load_spec
+from tests.conftest import free_port, post_json_until_answered
 
 pytestmark = pytest.mark.slow   # logged models of tracked runs: `make test`, not test-fast
 
@@ -111,25 +109,14 @@ def test_mlflow_models_serve_answers_the_input_example(workspace, capsys, tmp_pa
     # MLflow starts `uvicorn` by name: the virtualenv's bin/ must be on PATH, as in an activated shell.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{model.model_id}", dst_path=str(tmp_path / "m")))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{model.model_id}",
                              "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)], env=env,
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         body = (local / "serving_input_example.json").read_bytes()
-        deadline = time.time() + 180
-        while True:
-            try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                                 headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    predictions = json.loads(response.read())["predictions"]
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, "mlflow models serve did not answer"
-                time.sleep(2)
+        predictions = post_json_until_answered(f"http://127.0.0.1:{port}/invocations", body, proc, 180,
+                                               "mlflow models serve", pause=2)["predictions"]
         assert [p["label"] in LABELS for p in predictions] == [True, True]
         assert abs(sum(v for k, v in predictions[0].items() if k.startswith("prob_")) - 1) < 1e-5
     finally:

@@ -14,12 +14,7 @@ import urllib.request
 import pytest
 
 from mxlab import servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port
 
 
 def listening(port: int) -> bool:

@@ -15,14 +15,9 @@ import pytest
 
 from mxlab import runner, tracking
 from mxlab.spec import load_spec
+from tests.conftest import free_port, post_json_until_answered
 
 pytestmark = pytest.mark.slow   # servers and a browser: `make test`, not test-fast
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def render(url: str) -> str:
@@ -63,17 +58,9 @@ def test_ui_serves_the_runs(workspace):
         exp_id = tracking.client().get_experiment_by_name("linreg").experiment_id
         assert f"#/experiments/{exp_id}/runs" in runs_page
         body = json.dumps({"experiment_ids": [exp_id]}).encode()
-        deadline = time.time() + 90   # the UI takes 10-20 s to answer on 2 cores
-        while True:
-            try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
-                                                 headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    runs = json.loads(response.read())["runs"]
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, "the MLflow UI did not answer"
-                time.sleep(1)
+        # The UI takes 10-20 s to answer on 2 cores.
+        runs = post_json_until_answered(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", body, proc, 90,
+                                        "the MLflow UI")["runs"]
         assert [r["info"]["run_id"] for r in runs] == [result.run_id]
         assert runs[0]["info"]["status"] == "FINISHED"
         assert listening_addresses(port) == {"127.0.0.1"}
