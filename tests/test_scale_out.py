@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,16 +21,12 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.slow
 
 PASSWORD = "s3cret-pw"
 QUICK = ["data.limit=512", "data.batch_size=128", "--pruner", "none", "--seed", "0"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bindir() -> Path | None:
@@ -73,7 +68,7 @@ def postgres():
         for path in (base, base / "pw"):
             shutil.chown(path, "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(base / "data"), "-U", "mxlab", "--pwfile",
                     str(base / "pw"), "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"],
                    check=True, capture_output=True, timeout=120)
@@ -95,7 +90,7 @@ def mlflow_server(postgres, tmp_path_factory):
     """``mlflow server`` with a PostgreSQL backend store and a local artifact root, on 127.0.0.1."""
     backend = postgres.create_database("mlflow").replace("postgresql://", "postgresql+psycopg2://", 1)
     folder = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     log = open(folder / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
                              "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
