@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -145,6 +146,8 @@ def evidence(name: str, preset: str, plots: Path, root: Path | None = None) -> d
         "wall_seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else None,
         "best": {"trial": best.number, "value": best.value, "params": best.params} if best else None,
         "top": [{"trial": t.number, "value": t.value, "params": t.params} for t in top],
+        "baseline": next(({"trial": t.number, "value": t.value, "state": t.state.name} for t in trials
+                          if t.user_attrs.get("mxlab.baseline")), None),
         "pruned_at": sorted(max(t.intermediate_values, default=0) for t in trials if t.state.name == "PRUNED"),
         "importances": dict(importances), "plots": files,
     }
@@ -201,13 +204,17 @@ def render_report(results: dict, studies: dict, preset: str = "tuned") -> str:
     for key, study in sorted(studies.items()):
         if not study.get("best"):
             continue
+        importances = sorted(study["importances"].items(), key=lambda kv: -kv[1])
+        baseline = study.get("baseline") or {}
+        stops = ", ".join(f"epoch {e}: {n}" for e, n in sorted(Counter(study["pruned_at"]).items())) or "none"
         lines += ["", f"## {key}", "",
                   f"Study `{study['study']}`: {study['metric']} ({study['direction']}) on the held-out split; "
-                  f"best trial {study['best']['trial']} at {_fmt(study['best']['value'])}. "
+                  f"best trial {study['best']['trial']} at {_fmt(study['best']['value'])}; the book's own values "
+                  f"(the baseline, trial {baseline.get('trial', '?')}) reached {_fmt(baseline.get('value'))}. "
                   f"Parameter importances (fANOVA): "
-                  + (", ".join(f"{k} {v:.2f}" for k, v in sorted(study["importances"].items(), key=lambda kv: -kv[1])) or "too few trials") + ".",
-                  f"Pruned trials stopped after epoch(s): {', '.join(map(str, study['pruned_at'])) or 'none'}.", "",
-                  "| trial | " + study["metric"] + " | params |", "|---|---|---|"]
+                  f"{', '.join(f'{k} {v:.2f}' for k, v in importances) or 'too few trials'}. Pruned trials, by the "
+                  f"epoch they stopped after: {stops}.",
+                  "", "| trial | " + study["metric"] + " | params |", "|---|---|---|"]
         lines += [f"| {t['trial']} | {_fmt(t['value'])} | "
                   + ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(t["params"].items())) + " |" for t in study["top"]]
         lines.append("")

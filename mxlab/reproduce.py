@@ -229,7 +229,8 @@ def render(results: dict) -> str:
         got = results.get(row.key) or {}
         code = got.get("book_code")
         ours = got if got.get("metrics") else None
-        cells = [summary(code, keys) if code else "not run" if has_book_code(row.key) else "-", summary(ours, keys) if ours else "not run on this machine",
+        cells = [summary(code, keys) if code else "not run" if has_book_code(row.key) else "-",
+                 summary(ours, keys) if ours else "not run on this machine",
                  meets_book_code(ours["metrics"], code["metrics"], keys) if ours and code else "",
                  ours["device"] if ours else "", _fmt(ours["seconds_per_epoch"]) if ours else "",
                  _fmt(code["seconds_per_epoch"]) if code else "", _fmt(row.book_seconds), row.note]
