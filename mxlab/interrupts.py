@@ -55,15 +55,16 @@ def stops_as_exceptions():
 @contextlib.contextmanager
 def stops_deferred():
     """Hold SIGINT, SIGTERM and SIGHUP for the duration (a status write must not be cut in half), then deliver
-    the last one that arrived; main thread only."""
-    if not _main_thread():
-        yield
-        return
+    the last one that arrived; main thread only. Yields the list of signals held so far, so that a loop can
+    end itself when one arrives."""
     arrived: list[int] = []
+    if not _main_thread():
+        yield arrived
+        return
     sigs = (signal.SIGINT, *CAUGHT)
     previous = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum)) for sig in sigs}
     try:
-        yield
+        yield arrived
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mxlab.interrupts import stops_as_exceptions
+from mxlab.interrupts import stops_as_exceptions, stops_deferred
 
 LOOPBACK = "127.0.0.1"
 STOP_GRACE_SECONDS = 10
@@ -88,8 +88,12 @@ def dashboard(storage, port: int) -> None:
             pass
 
     server = make_server(LOOPBACK, port, guard_host(wsgi(storage), port), handler_class=QuietHandler)
+    server.timeout = 0.5   # how often the loop looks for a stop signal between requests
+    # A signal is held, not raised: raised inside a request, wsgiref's error handler would swallow it and the
+    # server would go on. The loop ends, the socket closes, then the signal is delivered as a stop.
     try:
-        with stops_as_exceptions():
-            server.serve_forever()
+        with stops_as_exceptions(), stops_deferred() as arrived:
+            while not arrived:
+                server.handle_request()
     finally:
         server.server_close()

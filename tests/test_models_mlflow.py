@@ -26,7 +26,10 @@ LABELS = CLASS_NAMES["fashion_mnist"]
 
 
 def train(name: str, *overrides: str):
+    """A tracked run, and its logged model; MLflow's own APIs below (models:/ URIs) read the workspace's store,
+    as they would after `eval "$(mxlab env)"` (conftest puts the process-wide URI back after the test)."""
     result = runner.run(load_spec(name, list(overrides)), progress=False)
+    mlflow.set_tracking_uri(tracking.tracking_uri())
     c = tracking.client()
     (output,) = c.get_run(result.run_id).outputs.model_outputs
     return result, c.get_logged_model(output.model_id)
@@ -58,7 +61,6 @@ def test_image_model_is_a_logged_model_with_signature_example_and_written_requir
 
 def test_image_model_accepts_every_layout_and_range(workspace):
     result, model = train("softmax", "train.epochs=1", "data.limit=600")
-    mlflow.set_tracking_uri(tracking.tracking_uri())
     pyfunc = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
     images = np.random.RandomState(0).randint(0, 256, (3, 28, 28)).astype(np.uint8)
     reference = pyfunc.predict(images.reshape(3, 784))
@@ -77,7 +79,6 @@ def test_image_model_accepts_every_layout_and_range(workspace):
 def test_language_model_takes_prefixes_and_returns_text(workspace):
     result, model = train("rnn_scratch", "train.epochs=1", "data.limit=3000", "data.batch_size=4",
                           "train.sample_every=0")
-    mlflow.set_tracking_uri(tracking.tracking_uri())
     pyfunc = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
     info = mlflow.models.get_model_info(f"models:/{model.model_id}")
     assert [c["name"] for c in info.signature.outputs.to_dict()] == ["prefix", "text"]
