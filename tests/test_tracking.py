@@ -210,8 +210,10 @@ def test_language_model_pyfunc_predicts_like_the_network(workspace, name):
 
 
 def test_system_metrics_are_sampled_by_default_and_can_be_turned_off(workspace, monkeypatch):
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")   # a short run still gets samples
-    spec = load_spec("lenet", ["train.epochs=2", "data.limit=3000", "train.device=cpu"])
+    # A sample a second, each logged at once, so that a short run still gets some.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    spec = load_spec("lenet", ["train.epochs=3", "data.limit=6000", "train.device=cpu"])
     sampled = runner.run(spec, progress=False)
     keys = set(tracking.client().get_run(sampled.run_id).data.metrics)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys
