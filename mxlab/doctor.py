@@ -252,7 +252,7 @@ def check_store(url: str, table: str):
 
 def _ask_store(url: str, shown: str, table: str):
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
+        path = _workspace().sqlite_path(url)
         if not path.exists():
             return OK, f"{shown} (not created yet: the first run creates it)"
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
@@ -308,16 +308,14 @@ def check_optuna():
 
 def check_stale_runs():
     uri = _store_url("MLFLOW_TRACKING_URI", _workspace().mlflow_uri)
-    if uri is None or uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    if uri is None or uri.startswith("sqlite:///") and not _workspace().sqlite_path(uri).exists():
         return OK, "none (no MLflow store yet)"
     from mlflow.tracking import MlflowClient
 
-    from mxlab.tracking import owner_alive
+    from mxlab.tracking import owner_alive, running_here
 
-    client = MlflowClient(uri)
     host = socket.gethostname()
-    ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(ids, f"attributes.status = 'RUNNING' and tags.host = '{host}'") if ids else []
+    runs = running_here(MlflowClient(uri))   # listed, not closed: the store's own sweep closes them
     stale, unknown = [], 0
     for run in runs:
         pid = run.data.tags.get("mxlab.pid", "")

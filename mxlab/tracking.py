@@ -61,15 +61,11 @@ def process_tracking_uri(uri: str):
 
 def tracking_uri(root: Path | None = None) -> str:
     uri = workspace.mlflow_uri(root)
-    if uri.startswith("sqlite:") and not sqlite_path(uri).is_absolute():
+    if uri.startswith("sqlite:") and not workspace.sqlite_path(uri).is_absolute():
         raise StoreError(f"MLFLOW_TRACKING_URI={uri} names a file relative to the current folder; allowed: an "
                          f"absolute path (sqlite:////path/to/mlflow.db), a server (http://...), or unset for "
                          f"the workspace's mlruns/mlflow.db")
     return uri
-
-
-def sqlite_path(uri: str) -> Path:
-    return Path(uri.split(":///", 1)[1].split("?", 1)[0])
 
 
 def artifact_root(root: Path | None = None) -> Path | None:
@@ -77,7 +73,7 @@ def artifact_root(root: Path | None = None) -> Path | None:
     nowhere (the server decides) for a tracking server."""
     uri = tracking_uri(root)
     if uri.startswith("sqlite:"):
-        return sqlite_path(uri).parent / "artifacts"
+        return workspace.sqlite_path(uri).parent / "artifacts"
     if urlparse(uri).scheme in ("http", "https", "databricks"):
         return None
     return workspace.mlflow_artifact_root(root)
@@ -107,7 +103,7 @@ def client(root: Path | None = None):
                          f"one)")
     uri = tracking_uri(root)
     if uri.startswith("sqlite:"):
-        db = sqlite_path(uri)
+        db = workspace.sqlite_path(uri)
         db.parent.mkdir(parents=True, exist_ok=True)
         with workspace.file_lock(db.parent / f".{db.name}.lock"):
             c = MlflowClient(uri)
@@ -152,16 +148,20 @@ def owner_alive(tags: dict) -> bool | None:
     return start is not None and (start == "unknown" or start == tags.get("mxlab.pid_start", start))
 
 
-def close_orphans(c) -> list[str]:
-    """Close KILLED the RUNNING runs of this host whose process is gone, saying why; remove their temporary
-    folders. Returns their run ids."""
+def running_here(c) -> list:
+    """The runs of every experiment that are RUNNING and were started on this host."""
     experiments = [e.experiment_id for e in c.search_experiments(max_results=1000)]
     if not experiments:
         return []
-    runs = c.search_runs(experiments, filter_string=f"attributes.status = 'RUNNING' and "
+    return c.search_runs(experiments, filter_string=f"attributes.status = 'RUNNING' and "
                                                     f"tags.host = '{socket.gethostname()}'", max_results=1000)
+
+
+def close_orphans(c) -> list[str]:
+    """Close KILLED the RUNNING runs of this host whose process is gone, saying why; remove their temporary
+    folders. Returns their run ids."""
     closed = []
-    for run in runs:
+    for run in running_here(c):
         if owner_alive(run.data.tags) is not False:
             continue
         c.set_tag(run.info.run_id, "mxlab.closed_because",

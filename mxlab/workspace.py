@@ -110,6 +110,11 @@ def optuna_url(url: str | None = None, at: Path | None = None) -> str:
     return url or os.environ.get("MXLAB_OPTUNA_STORAGE") or f"sqlite:///{store_dir(at) / 'optuna.db'}"
 
 
+def sqlite_path(url: str) -> Path:
+    """The database file of a ``sqlite:///...`` URL (absolute with four slashes, relative with three)."""
+    return Path(url.split(":///", 1)[1].split("?", 1)[0])
+
+
 def redact(url: str) -> str:
     """A store URL without its password, fit for output, tags, logs and JSON."""
     parts = urlsplit(url)

@@ -70,7 +70,7 @@ def open_storage(url: str, *, heartbeat: int | None = HEARTBEAT_SECONDS, on_stal
                          f"(one worker) or postgresql://user:password@host:port/database (several workers)")
     with quiet_optuna():
         if is_sqlite(url):
-            path = Path(url.removeprefix("sqlite:///"))
+            path = workspace.sqlite_path(url)
             if not path.is_absolute():
                 raise ValueError(f"study storage {url} names a file relative to the current folder; allowed: an "
                                  f"absolute path (sqlite:////path/to/optuna.db), or unset for mlruns/optuna.db")
