@@ -34,6 +34,9 @@ class Checkpoint(Callback):
     replaced atomically, so a crash mid-write leaves the previous epoch intact.
     """
 
+    # What --resume needs of a run after every epoch; best.params only once the monitored metric exists.
+    RESUME_FILES = ("last.json", "last.params", "last.states", "best.params")
+
     def __init__(self, folder: Path, monitor: str | None = None, mode: str = "maximize"):
         self.folder = Path(folder)
         self.monitor, self.mode = monitor, mode

@@ -26,9 +26,6 @@ from mxlab.coerce import SpecError
 from mxlab.interrupts import stops_as_exceptions
 from mxlab.spec import Spec, dump_yaml, from_dict, read_yaml
 
-CHECKPOINT_FILES = ("last.json", "last.params", "last.states")
-
-
 class CheckpointError(ValueError):
     """A checkpoint that cannot be continued from; the message names the file and what is wrong."""
 
@@ -94,9 +91,8 @@ def resume(name: str, run_ref: str, overrides: Sequence[str] = (), *, callbacks=
         folder = workspace.experiment_dir(name, root)
         workspace.import_experiment_model(folder)
         spec = from_dict(name, [(recorded, read_yaml(recorded))], epochs, path=folder / workspace.SPEC_FILE)
-        for file in CHECKPOINT_FILES:
+        for file in Checkpoint.RESUME_FILES:   # best.params may be missing; the others are checked below
             tracking.download(c, run_id, f"checkpoint/{file}", Path(tmp))
-        tracking.download(c, run_id, "checkpoint/best.params", Path(tmp))
         start = _read_checkpoint(Path(tmp) / "checkpoint", run_id)
         done = start["epoch"] if start else 0
         if run.info.status == "FINISHED" and done >= spec.train.epochs:

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from mxlab import workspace
 from mxlab.workspace import redact  # noqa: F401  (store URLs are printed redacted)
-from mxlab.callbacks import Callback
+from mxlab.callbacks import Callback, Checkpoint
 from mxlab.interrupts import signal_name, stops_as_exceptions, stops_deferred
 
 # A dead tracking server fails within seconds, not after MLflow's default minutes of retries.
@@ -292,7 +292,7 @@ class MLflowLogger(Callback):
         with stops_deferred():
             if self.checkpoint_dir is not None:   # what --resume needs, after every epoch
                 log_files(self.client, self.run_id, self.checkpoint_dir,
-                          ["last.params", "last.states", "last.json", "best.params"], "checkpoint")
+                          Checkpoint.RESUME_FILES, "checkpoint")
             self._log_metrics(state.epoch, metrics)
 
 
