@@ -25,6 +25,11 @@ class Callback:
     def on_fit_end(self, state) -> None: ...
 
 
+# How last.states is keyed: by the position of each parameter in the network (see train.GluonUpdater). Earlier
+# checkpoints went by sorted layer names, which differ between copies of a network; resume refuses those.
+STATES_ORDER = "network"
+
+
 class Checkpoint(Callback):
     """After every epoch: ``last.params``, ``last.states`` (optimizer) and ``last.json`` (epoch, history, and the
     optimizer state's SHA-256). No random state is kept: every epoch reseeds from ``train.seed + epoch``.
@@ -69,6 +74,7 @@ class Checkpoint(Callback):
             "history": state.history,
             # The optimizer state is a pickle: resuming loads it only if it still has this hash.
             "states_sha256": hashlib.sha256((self.folder / "last.states").read_bytes()).hexdigest(),
+            "states_order": STATES_ORDER,
         }
         self._atomic("last.json", lambda p: Path(p).write_text(json.dumps(record)))
         if self._consider(metrics):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mxlab import workspace
-from mxlab.callbacks import Checkpoint, EarlyStopping, TextSampler
+from mxlab.callbacks import STATES_ORDER, Checkpoint, EarlyStopping, TextSampler
 from mxlab.console import ConsoleProgress
 from mxlab.coerce import SpecError
 from mxlab.interrupts import stops_as_exceptions
@@ -155,6 +155,10 @@ def _read_checkpoint(folder: Path, run_id: str) -> dict | None:
         raise CheckpointError(f"run {run_id}: checkpoint/last.states has SHA-256 {digest}, the checkpoint recorded "
                               f"{record.get('states_sha256')}: refusing to load an optimizer state (a pickle) that "
                               f"mxlab did not write")
+    if record.get("states_order") != STATES_ORDER:
+        raise CheckpointError(f"run {run_id}: its checkpoint keeps the optimizer state in the order of an earlier "
+                              f"mxlab, which could give one layer's state to another; start a new run instead: "
+                              f"mxlab run NAME")
     return {"epoch": epoch, "history": history, "folder": folder}
 
 

@@ -122,7 +122,10 @@ class GluonUpdater:
             options["momentum"] = train.momentum
         self.clip = train.clip_gradient
         self.params = [p for p in params.values() if p.grad_req != "null"]
-        self.all_params = list(params.values())   # the Trainer's kvstore keys are positions in this list
+        # The Trainer keys its kvstore and optimizer state by position in this list. Given the ParameterDict it
+        # would sort by name, and names come from process-wide layer counters (as text, dense10 sorts before dense9),
+        # so a resumed copy of the network could get another layer's state: pass the network's own order.
+        self.all_params = list(params.values())
         kv = kvstore(train.kvstore)
         self.kv = None if isinstance(kv, str) else kv
         self.sync = self.kv is not None and train.kvstore != "dist_async"
@@ -130,7 +133,7 @@ class GluonUpdater:
         # Workers update when the servers must only sum (sync jobs), or when gradients are combined first.
         on_kvstore = None if train.kvstore == "dist_async" else (
             False if self.sync or len(ctx_list) > 1 or self.clip else None)
-        self.trainer = mx.gluon.Trainer(params, optimizers.mxnet_name(train.optimizer), options, kvstore=kv,
+        self.trainer = mx.gluon.Trainer(self.all_params, optimizers.mxnet_name(train.optimizer), options, kvstore=kv,
                                         update_on_kvstore=on_kvstore)
         self._stats_ready = False
 

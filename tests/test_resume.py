@@ -179,8 +179,16 @@ def test_resume_extends_with_epochs_only_and_refuses_what_it_cannot_trust(worksp
     assert out.returncode == 0, out.stderr
     assert run_row(workspace, run_id)["steps"] == [1, 2]
 
-    # The optimizer state is a pickle: one that no longer matches its recorded hash is never loaded.
     checkpoint = next((workspace / "mlruns" / "artifacts").rglob(f"{run_id}/artifacts/checkpoint"))
+    # A checkpoint whose optimizer state went by sorted layer names (before states_order) is refused, not misplaced.
+    record = json.loads((checkpoint / "last.json").read_text())
+    (checkpoint / "last.json").write_text(json.dumps({k: v for k, v in record.items() if k != "states_order"}))
+    out = resume("train.epochs=3")
+    assert out.returncode == 1 and "optimizer state in the order of an earlier mxlab" in out.stderr
+    assert "Traceback" not in out.stderr
+    (checkpoint / "last.json").write_text(json.dumps(record))
+
+    # The optimizer state is a pickle: one that no longer matches its recorded hash is never loaded.
     (checkpoint / "last.states").write_bytes(b"cos\nsystem\n(S'echo owned'\ntR.")
     out = resume("train.epochs=3")
     assert out.returncode == 1 and "refusing to load an optimizer state" in out.stderr

@@ -112,6 +112,27 @@ def test_checkpoint_resumes_as_if_never_stopped(workspace, tmp_path, name, optim
     assert without_perf(resumed)[1] == pytest.approx(without_perf(straight)[1], rel=1e-6)
 
 
+def test_optimizer_state_lands_on_the_same_parameters_in_any_copy_of_the_network(workspace, tmp_path):
+    """Gluon names layers from process-wide counters (dense9, dense10, ...), so copies of one network built later
+    in a process sort their parameter names differently. The optimizer state is kept by parameter position: it
+    must follow the network's structure, not the sorted names, or a resumed copy gets another layer's state."""
+    spec = load_spec("lenet", SMALL + ["train.optimizer=momentum", "train.epochs=1"])
+    bundle = load_data(spec, mx.cpu())
+    saver = prepare_net(spec, bundle, [mx.cpu()])
+    fit(spec, saver, bundle, [mx.cpu()], [Checkpoint(tmp_path)])
+    results = []
+    for _ in range(10):   # the layer counters advance 2 and 3 per copy: some copy's names cross a power of ten
+        copy = prepare_net(spec, bundle, [mx.cpu()])
+        copy.load_parameters(str(tmp_path / "last.params"), ctx=[mx.cpu()])
+        updater = make_updater(copy, spec.train, [mx.cpu()])
+        updater.load_states(str(tmp_path / "last.states"))
+        fit(spec.replace(**{"train.epochs": 2}), copy, bundle, [mx.cpu()], start_epoch=1, updater=updater,
+            history=[])
+        results.append(np.concatenate([p.data().asnumpy().ravel() for p in copy.collect_params().values()]))
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
 def test_scratch_sgd_clips_the_mean_gradient_to_the_threshold():
     from mxlab.models.scratch import ScratchNet, ScratchSGD
 
