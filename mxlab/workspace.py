@@ -80,6 +80,9 @@ def import_experiment_model(folder: Path) -> None:
     module_name = f"mxlab_experiments.{folder.name}.model"
     if not path.is_file() or module_name in sys.modules:
         return
+    from mxlab import compat
+
+    compat.apply()   # the file may import mxnet itself, as the book's code does
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module

@@ -106,6 +106,18 @@ def test_a_fresh_process_imports_mxnet_only_through_the_layer():
     assert ours.stdout.split() == ["6.0", "True"]
 
 
+def test_an_experiment_model_file_imports_mxnet_itself_in_a_fresh_process(tmp_path):
+    """An experiment's model.py reads like the book (a bare `import mxnet` at the top): mxlab applies the layer
+    before importing it, so it works on every supported numpy."""
+    (tmp_path / "model.py").write_text("from mxnet.gluon import nn\nLAYER = nn.Dense(3)\n")
+    code = (f"import sys; from pathlib import Path; from mxlab.workspace import import_experiment_model; "
+            f"import_experiment_model(Path({str(tmp_path)!r})); "
+            f"print(type(sys.modules['mxlab_experiments.{tmp_path.name}.model'].LAYER).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["Dense"]
+
+
 def test_pyproject_gives_each_python_the_numpy_the_doctor_expects():
     from packaging.markers import Marker
     from packaging.requirements import Requirement
