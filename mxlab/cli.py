@@ -129,18 +129,27 @@ def cmd_launch(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from mxlab import servers
+    from mxlab import servers, workspace
     from mxlab.tracking import artifact_root, client, experiment_id, redact, tracking_uri
 
     uri = tracking_uri()
-    c = client()
+    root = artifact_root()
+    if root is None:   # a tracking server is its own UI
+        print(f"MLflow UI: {redact(uri)} (the tracking server in MLFLOW_TRACKING_URI serves it)")
+        return 0
     url = f"http://127.0.0.1:{args.port}"
-    names = [e.name for e in c.search_experiments()]
-    print(f"MLflow UI on {url} (store {redact(uri)})")
-    for name in names:
-        if name != "Default":
-            print(f"  {name}: {url}/#/experiments/{experiment_id(c, name)}/runs")
-    return servers.mlflow_ui(uri, args.port, artifact_root())
+
+    def introduce():   # closes the runs left RUNNING by dead processes, and says where each experiment is
+        c = client()
+        print(f"MLflow UI on {url} (store {redact(uri)})")
+        for e in c.search_experiments():
+            if e.name != "Default":
+                print(f"  {e.name}: {url}/#/experiments/{experiment_id(c, e.name)}/runs")
+
+    if uri.startswith("sqlite:") and workspace.sqlite_path(uri).is_file():
+        return servers.mlflow_ui(uri, args.port, root, while_starting=introduce)   # about a second sooner
+    introduce()   # the client creates a new store's schema under its lock; the server must not race it
+    return servers.mlflow_ui(uri, args.port, root)
 
 
 def cmd_tune(args) -> int:

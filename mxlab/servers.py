@@ -1,17 +1,19 @@
 """The two web servers mxlab starts for a person: MLflow's UI and optuna-dashboard, on 127.0.0.1 only.
 
-Both stop whole on Ctrl-C, SIGTERM and SIGHUP: MLflow's server runs in its own process group (uvicorn and its
-workers), which is terminated as a group, so nothing is left listening. Store URLs reach the server through
+Both stop whole on Ctrl-C, SIGTERM and SIGHUP: MLflow's server runs in its own process group, which is terminated
+as a group, so nothing is left listening. Store URLs reach the server through
 its environment, never its command line (``ps`` shows command lines). The dashboard answers only requests
 whose Host header names the loopback address it serves, so a web page cannot reach it by DNS rebinding.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from mxlab.interrupts import stops_as_exceptions, stops_deferred
@@ -25,26 +27,53 @@ def loopback_hosts(port: int) -> set[str]:
     return {f"{name}:{port}" for name in (LOOPBACK, "localhost", "[::1]")} | {LOOPBACK, "localhost", "[::1]"}
 
 
-def mlflow_ui(uri: str, port: int, artifact_root: Path | None) -> int:
-    """``mlflow ui`` on ``uri`` until a stop signal; returns its exit code (the signal's re-raised)."""
-    env = dict(os.environ)
-    env["MLFLOW_BACKEND_STORE_URI"] = uri   # the password, if any, stays out of the process list
-    # One worker and no GenAI job runners: a laptop's UI, not a team's server (0.5 GB against 3.3 GB here).
-    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    command = [sys.executable, "-m", "mlflow", "ui", "--host", LOOPBACK, "--port", str(port), "--workers", "1",
-               "--allowed-hosts", ",".join(sorted(loopback_hosts(port)))]
-    if artifact_root is not None:
-        command += ["--default-artifact-root", artifact_root.as_uri()]
-    return run_group(command, env)
+def mlflow_ui(uri: str, port: int, artifact_root: Path, while_starting=None) -> int:
+    """MLflow's tracking server and UI on ``uri`` until a stop signal; returns its exit code (the signal's
+    re-raised). The uvicorn process that ``mlflow ui`` would start, started directly: one process, not two.
+    ``while_starting`` runs here while the server starts."""
+    command, settings = mlflow_server(uri, port, artifact_root)
+    return run_group(command, {**os.environ, **settings}, while_starting)
 
 
-def run_group(command: list[str], env: dict) -> int:
-    """Run ``command`` in a process group of its own; a stop signal here stops the whole group, then re-raises."""
+def mlflow_server(uri: str, port: int, artifact_root: Path) -> tuple[list[str], dict]:
+    """The command and settings of the server that ``mlflow ui --workers 1`` runs, for a laptop rather than a
+    team: one uvicorn worker, no GenAI job runners, answering the loopback names only.
+
+    ``mlflow ui`` is a process that sets these (its CLI writes some into its own environment and hands the others
+    to the server) and then waits for the server: 0.25 GB and two seconds for nothing. MLflow's server reads its
+    settings from the environment when it starts, so the store's URL (and password) never reach ``ps``.
+    tests/test_servers.py checks them against what MLflow's own CLI computes.
+    """
+    server_dir = Path(importlib.util.find_spec("mlflow.server").origin).parent
+    root = artifact_root.as_uri()
+    settings = {
+        # what the CLI puts in its own environment
+        "MLFLOW_BACKEND_STORE_URI": uri, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
+        "MLFLOW_SERVER_ALLOWED_HOSTS": ",".join(sorted(loopback_hosts(port))),
+        "MLFLOW_SERVER_X_FRAME_OPTIONS": "SAMEORIGIN", "MLFLOW_ENABLE_WORKSPACES": "false",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",   # no GenAI job runners (3.3 GB with them here)
+        # what it hands the server (mlflow.server._run_server)
+        "_MLFLOW_SERVER_FILE_STORE": uri, "_MLFLOW_SERVER_REGISTRY_STORE": uri,
+        "_MLFLOW_SERVER_ARTIFACT_ROOT": root, "_MLFLOW_SERVER_SERVE_ARTIFACTS": "true",
+        "_MLFLOW_SERVER_ARTIFACT_DESTINATION": root,   # never ./mlartifacts in whatever folder this ran from
+        "MLFLOW_SERVER_SECRETS_CACHE_TTL": "60", "MLFLOW_SERVER_SECRETS_CACHE_MAX_SIZE": "1000",
+        "_MLFLOW_SERVER_BOOT_ID": uuid.uuid4().hex, "_MLFLOW_IN_JOB_EXECUTOR": "false", "_MLFLOW_SGI_NAME": "uvicorn",
+    }
+    command = [sys.executable, "-m", "uvicorn", "--log-config", str(server_dir / "uvicorn_log_config.yaml"),
+               "--host", LOOPBACK, "--port", str(port), "--workers", "1", "mlflow.server.fastapi_app:app"]
+    return command, settings
+
+
+def run_group(command: list[str], env: dict, while_starting=None) -> int:
+    """Run ``command`` in a process group of its own, and ``while_starting`` meanwhile; a stop signal or an
+    error here stops the whole group, then re-raises."""
     proc = subprocess.Popen(command, env=env, start_new_session=True)
     try:
         with stops_as_exceptions():
+            if while_starting is not None:
+                while_starting()
             return proc.wait()
-    except KeyboardInterrupt:
+    except BaseException:
         stop_group(proc)
         raise
 

@@ -64,12 +64,62 @@ def alive(pid: int) -> bool:
 
 def test_the_ui_gets_the_store_through_its_environment_not_its_command_line(monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(servers, "run_group", lambda command, env: seen.update(command=command, env=env) or 0)
+    monkeypatch.setattr(servers, "run_group",
+                        lambda command, env, while_starting=None: seen.update(command=command, env=env) or 0)
     uri = "postgresql://mxlab:pw-s3cret@db.lab:5432/mlflow"
     assert servers.mlflow_ui(uri, 5123, tmp_path) == 0
     assert not any("pw-s3cret" in part for part in seen["command"])
     assert seen["env"]["MLFLOW_BACKEND_STORE_URI"] == uri
     assert seen["command"][seen["command"].index("--host") + 1] == "127.0.0.1"
+
+
+def test_a_failure_while_the_server_starts_stops_the_server():
+    """mxlab ui opens the store while MLflow's server starts: if that fails, no server is left behind."""
+    started = {}
+
+    def fail():
+        started["pid"] = next(pid for pid in descendants(os.getpid()) if alive(pid))
+        raise RuntimeError("the store is corrupt")
+
+    with pytest.raises(RuntimeError, match="corrupt"):
+        servers.run_group([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ), fail)
+    assert not alive(started["pid"])
+
+
+def test_the_ui_server_is_started_as_mlflow_s_own_cli_would_start_it(monkeypatch, tmp_path):
+    """mxlab starts MLflow's uvicorn server itself (one process less): its command and settings are what
+    `mlflow ui` computes for the same options, read from MLflow's CLI with its final step intercepted."""
+    import mlflow.cli
+    import mlflow.server
+
+    class Started(Exception):
+        pass
+
+    def intercept(command, extra_env=None, **_):
+        seen.update(command=command, env={**os.environ, **extra_env})
+        raise Started
+
+    uri, port, artifacts = f"sqlite:///{tmp_path / 'mlflow.db'}", 5123, tmp_path / "artifacts"
+    seen = {}
+    monkeypatch.setattr(mlflow.server, "_exec_cmd", intercept)
+    saved = dict(os.environ)   # MLflow's CLI writes settings into this process's environment
+    try:
+        for key in [k for k in os.environ if "MLFLOW" in k]:
+            del os.environ[key]
+        os.environ.update(MLFLOW_BACKEND_STORE_URI=uri, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        with pytest.raises(Started):
+            mlflow.cli.cli.main(["ui", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                                 "--allowed-hosts", ",".join(sorted(servers.loopback_hosts(port))),
+                                 "--default-artifact-root", artifacts.as_uri(),
+                                 "--artifacts-destination", artifacts.as_uri()], standalone_mode=False)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    command, settings = servers.mlflow_server(uri, port, artifacts)
+    assert command == seen["command"]
+    theirs = {k: v for k, v in seen["env"].items() if "MLFLOW" in k and k != "_MLFLOW_SERVER_BOOT_ID"}
+    ours = {k: v for k, v in settings.items() if k != "_MLFLOW_SERVER_BOOT_ID"}
+    assert ours == theirs
 
 
 @pytest.mark.slow
