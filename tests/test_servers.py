@@ -73,6 +73,15 @@ def test_the_ui_gets_the_store_through_its_environment_not_its_command_line(monk
     assert seen["command"][seen["command"].index("--host") + 1] == "127.0.0.1"
 
 
+def test_the_ui_of_a_tracking_server_is_that_server(monkeypatch, capsys):
+    from mxlab.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.lab:5000")
+    monkeypatch.setattr(servers, "run_group", lambda *a, **k: pytest.fail("no server of its own"))
+    assert main(["ui"]) == 0
+    assert "http://mlflow.lab:5000 (the tracking server in MLFLOW_TRACKING_URI serves it)" in capsys.readouterr().out
+
+
 def test_a_failure_while_the_server_starts_stops_the_server():
     """mxlab ui opens the store while MLflow's server starts: if that fails, no server is left behind."""
     started = {}
