@@ -8,7 +8,9 @@ fail and retry the trial of a worker that died.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
 import re
 import time
@@ -153,13 +155,26 @@ def open_study_storage(url: str, experiment: str, options: TuneOptions, root: Pa
     return open_storage(url, heartbeat=options.heartbeat, on_stale=StaleTrialHandler(experiment, root))
 
 
+@contextlib.contextmanager
+def frozen_heap():
+    """A collection after each trial frees a finished trial's network (and its device memory) at once; what was
+    alive before the study (MXNet, MLflow, the data) is frozen out of those collections, which otherwise scanned
+    it all: 0.6 s a trial here."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def optimize(spec, study, *, trials: int, timeout: float | None, parent_run_id: str | None,
              root: Path | None = None, progress: bool = True) -> None:
     """Run ``trials`` trials in this process; failed trials are recorded and the study goes on."""
     from mxlab.interrupts import stops_as_exceptions
 
     objective = Objective(spec, study.study_name, parent_run_id, root, progress)
-    with stops_as_exceptions(), quiet_optuna():
+    with stops_as_exceptions(), quiet_optuna(), frozen_heap():
         study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,), gc_after_trial=True)
     if objective.config_error is not None:
         raise objective.config_error
