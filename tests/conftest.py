@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -18,6 +19,13 @@ compat.apply()   # some tests import mxnet directly; on Python 3.12+ it needs th
 REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def as_from_a_terminal() -> None:
+    """``preexec_fn`` of a child that tests send Ctrl-C: SIGINT as a terminal's foreground job has it. A shell's
+    background job (CI runs its suites side by side) starts with SIGINT ignored, and Python then never raises
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def free_port() -> int:

@@ -24,6 +24,7 @@ import mxlab
 from mxlab import launch, runner, tracking
 from mxlab.coerce import SpecError
 from mxlab.data.core import ArrayLoader, DataError, load_data
+from tests.conftest import as_from_a_terminal
 
 # Small enough for two shared cores, large enough to learn: 0.79 test accuracy, seed to seed within 0.01.
 LEARNS = ["model.activation=relu", "train.optimizer=adam", "train.lr=0.002", "data.limit=6000", "train.epochs=5"]
@@ -111,7 +112,8 @@ class Job:
 
     def __init__(self, *args: str):
         self.popen = subprocess.Popen([sys.executable, "-m", "mxlab.cli", "launch", *args], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                      stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                      preexec_fn=as_from_a_terminal)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

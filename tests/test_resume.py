@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, as_from_a_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def start(*args: str, env: dict | None = None) -> subprocess.Popen:
     # would inherit that.
     return subprocess.Popen([sys.executable, "-m", "mxlab.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=as_from_a_terminal)
 
 
 def store(root: Path) -> Path:

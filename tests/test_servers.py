@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from mxlab import servers
-from tests.conftest import free_port
+from tests.conftest import as_from_a_terminal, free_port
 
 
 def listening(port: int) -> bool:
@@ -137,7 +137,7 @@ def test_mxlab_ui_stops_its_whole_server_on_any_stop(workspace, sig):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mxlab.cli", "ui", "--port", str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # as from a terminal
+                            preexec_fn=as_from_a_terminal)
     try:
         wait_until_answers(f"http://127.0.0.1:{port}/health", proc)
         children = descendants(proc.pid)

@@ -21,6 +21,7 @@ from mxlab.models.rnn import predict_rnn
 from mxlab.spec import from_dict, load_spec
 from mxlab.tasks import tasks
 from mxlab.train import build_net, evaluate
+from tests.conftest import as_from_a_terminal
 
 pytestmark = pytest.mark.slow   # tracked runs in subprocesses and MLflow stores: `make test`, not test-fast
 
@@ -148,7 +149,7 @@ def test_signal_ends_the_run_killed_and_keeps_finished_epochs(workspace, sig, tm
     # Output to a file, not a pipe nobody reads while it runs: a full pipe would block the process.
     err = open(tmp_path / "stderr.txt", "w+b")
     proc = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=err,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # as from a terminal
+                            preexec_fn=as_from_a_terminal)
     try:
         client = tracking.client()
         run = wait_for_epoch(client, "softmax")
