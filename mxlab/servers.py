@@ -1,9 +1,9 @@
 """The two web servers mxlab starts for a person: MLflow's UI and optuna-dashboard, on 127.0.0.1 only.
 
 Both stop whole on Ctrl-C, SIGTERM and SIGHUP: MLflow's server runs in its own process group, which is terminated
-as a group, so nothing is left listening. Store URLs reach the server through
-its environment, never its command line (``ps`` shows command lines). The dashboard answers only requests
-whose Host header names the loopback address it serves, so a web page cannot reach it by DNS rebinding.
+as a group, so nothing is left listening. Store URLs reach the server through its environment, never its command
+line (``ps`` shows command lines). The dashboard answers only requests whose Host header names the loopback
+address it serves, so a web page cannot reach it by DNS rebinding.
 """
 from __future__ import annotations
 

@@ -280,8 +280,9 @@ def train_epoch(state: FitState, task, loss_fn, callbacks) -> tuple[dict, int, f
     mx.nd.waitall()
     if count == 0:
         raise ValueError(f"the training split gives no batch with at least one example per device: "
-                         f"{getattr(loader, 'num_examples', 'too few')} example(s) for {len(ctx_list)} devices; allowed: data.limit or "
-                         f"data.batch_size of at least {len(ctx_list)}, or fewer devices in train.device")
+                         f"{getattr(loader, 'num_examples', 'too few')} example(s) for {len(ctx_list)} devices; "
+                         f"allowed: data.limit or data.batch_size of at least {len(ctx_list)}, or fewer devices in "
+                         f"train.device")
     seconds = time.perf_counter() - start
     totals = [sum(values) for values in zip(*(_read(s) for s in sums if s is not None))]
     end_epoch = getattr(state.updater, "end_epoch", None)   # a distributed job's totals are the whole job's
