@@ -74,13 +74,10 @@ def log(run_id: str, folder: Path, artifacts: dict, card: dict, example, *, trac
                                   params=dict(run.data.params), tags={"mxlab.experiment": card.get("experiment", "")})
     from mxlab.tracking import process_tracking_uri
 
-    # Model.log talks to the process-wide store; MLflow forces some warnings on: recorded, not shown. MLflow's
-    # check that the model answers its input example (it loads the model: 0.2 s a run, a fifth of a trial's cost
-    # beyond training) only ever warns, so it is off: tests/test_models_mlflow.py asks MLflow's own CLI instead.
+    # Model.log talks to the process-wide store; MLflow forces some warnings on: recorded, not shown.
     with process_tracking_uri(tracking_uri), warnings.catch_warnings(record=True):
         return Model.log(None, mlflow.pyfunc, name="model", run_id=run_id, model_id=model.model_id,
                          python_model=str(Path(__file__).with_name("pyfunc_model.py")), artifacts=files,
                          signature=signature(card), input_example=example, pip_requirements=pip_requirements(),
-                         validate_serving_input=False,
                          metadata={"mxlab.task": card.get("task"), "mxlab.experiment": card.get("experiment"),
                                    "input": input_layouts(card)})
