@@ -358,11 +358,11 @@ def run_linear(key: str, seed: int, **_) -> dict:
     linreg = lambd is None   # 3.2/3.3: 1000 examples, 2 inputs; 3.12: 20 training examples, 200 inputs
     n_train, n_test, dims, epochs, lr, bs = (1000, 0, 2, 3, 0.03, 10) if linreg else (20, 100, 200, 100, 0.003, 1)
     features = nd.random.normal(scale=1, shape=(n_train + n_test, dims))
-    true_w = nd.array([[2], [-3.4]]) if lambd is None else nd.ones((dims, 1)) * 0.01
-    labels = nd.dot(features, true_w).reshape((-1,)) + (4.2 if lambd is None else 0.05)
+    true_w = nd.array([[2], [-3.4]]) if linreg else nd.ones((dims, 1)) * 0.01
+    labels = nd.dot(features, true_w).reshape((-1,)) + (4.2 if linreg else 0.05)
     labels += nd.random.normal(scale=0.01, shape=labels.shape)
     X_train, y_train = features[:n_train], labels[:n_train]
-    sigma = 0.01 if lambd is None else 1.0
+    sigma = 0.01 if linreg else 1.0
     start = time.perf_counter()
     if use_gluon:
         net = gluon.nn.Sequential()

@@ -347,15 +347,15 @@ def plot_curves(history: list[dict], path: Path) -> None:
                if any(k.endswith("/" + suffix) or k == suffix for k in history[0])]
     fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 3.6), squeeze=False)
     for ax, (suffix, title) in zip(axes[0], present):
-        for key in history[0]:
-            if key.endswith("/" + suffix) or key == suffix:
-                ax.plot(epochs, [h[key] for h in history], marker="o", label=key)
+        curves = {key: [h[key] for h in history] for key in history[0] if key.endswith("/" + suffix) or key == suffix}
+        for key, values in curves.items():
+            ax.plot(epochs, values, marker="o", label=key)
         if suffix in ("loss", "ppl", "l2_norm_w"):
             ax.set_yscale("log")
             # Labelled ticks at 1, 2 and 5 of each decade (most curves span less than one) and no minor ones:
             # laying out a log axis's minor ticks was most of the plot's cost.
-            values = [h[k] for h in history for k in h if (k.endswith("/" + suffix) or k == suffix) and h[k] > 0]
-            wide = values and max(values) > 100 * min(values)
+            positive = [v for values in curves.values() for v in values if v > 0]
+            wide = positive and max(positive) > 100 * min(positive)
             ax.yaxis.set_major_locator(LogLocator() if wide else LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
             ax.yaxis.set_minor_locator(NullLocator())
