@@ -81,7 +81,8 @@ def test_a_scratch_model_cannot_use_the_parameter_server(workspace):
         make_updater(Scratch(), train, [None])
 
 
-@pytest.mark.parametrize("n, workers, batch", [(1000, 2, 128), (513, 2, 128), (1001, 3, 100), (7, 7, 4)])
+@pytest.mark.parametrize("n, workers, batch", [(1000, 2, 128), (513, 2, 128), (1001, 3, 100), (7, 7, 4),
+                                               (2049, 2, 64), (9, 2, 1)])
 def test_shards_are_disjoint_cover_the_split_and_step_together(n, workers, batch):
     from mxlab.devices import import_mxnet
 
@@ -90,11 +91,13 @@ def test_shards_are_disjoint_cover_the_split_and_step_together(n, workers, batch
     loader = ArrayLoader(X, X[:, 0], batch, mx.cpu(), shuffle=True)
     shards = [loader.shard(rank, workers) for rank in range(workers)]
     assert len({len(s) for s in shards}) == 1   # as many steps on every worker
-    seen = [np.concatenate([xb.asnumpy()[:, 0] for xb, _ in s]) for s in shards]
-    union = np.concatenate(seen)
+    batches = [[xb.asnumpy()[:, 0] for xb, _ in s] for s in shards]
+    assert all(len(b) == len(s) for b, s in zip(batches, shards))
+    assert min(len(xb) for shard in batches for xb in shard) >= min(batch // 2, n // workers, 1)
+    union = np.concatenate([xb for shard in batches for xb in shard])
     assert len(set(union)) == len(union)   # disjoint
-    left_out = (n // workers) % batch == 0 and n % workers
-    assert len(union) == n - (n % workers if left_out else 0)
+    # Every example each epoch; with batches of one, a larger shard cannot take an extra step alone.
+    assert len(union) == n - (n % workers if batch == 1 else 0)
 
 
 def test_a_corpus_is_not_sharded_yet(workspace):
@@ -171,14 +174,17 @@ def listening(pids: set[int]) -> set[str]:
     return found
 
 
-def assert_nothing_left(job: Job) -> None:
+def assert_nothing_left(job: Job, seen: set[str]) -> None:
+    """No process of the job alive, and nothing listening on any address ``seen`` while it ran."""
     started = job.started()
     assert {"scheduler", "server 0", "worker 0", "worker 1"} <= set(started), started
     for role, (pid, _) in started.items():
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(), role
-    port = started["scheduler"][1]
-    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
-        s.connect(("127.0.0.1", port))
+    assert f"127.0.0.1:{started['scheduler'][1]}" in seen, seen
+    for address in seen:
+        host, port = address.rsplit(":", 1)
+        with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+            s.connect((host, int(port)))
 
 
 def the_run(workspace):
@@ -202,14 +208,14 @@ def test_two_workers_train_one_run_like_one_process_with_their_total_batch(works
     sums = result["params_sha256"]
     assert len(sums) == 2 and len(set(sums.values())) == 1, sums   # every worker holds the same network
     assert seen and all(a.startswith("127.0.0.1:") for a in seen), seen
-    assert f"127.0.0.1:{job.started()['scheduler'][1]}" in seen
-    assert_nothing_left(job)
+    assert_nothing_left(job, seen)
 
     c, run = the_run(workspace)
     assert run.info.run_id == result["run_id"] and run.info.status == "FINISHED"
     assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4, 5]
     assert run.data.params["train.kvstore"] == "dist_sync" and run.data.params["data.batch_size"] == "64"
     assert run.data.params["launch.effective_batch_size"] == "128" and run.data.params["launch.workers"] == "2"
+    assert float(run.data.params["launch.effective_lr"]) == 0.002   # the mean gradient of the job's total batch
     tags = run.data.tags
     assert (tags["mxlab.workers"], tags["mxlab.servers"], tags["mxlab.hosts"]) == ("2", "1", "127.0.0.1")
     assert tags["mxlab.workers_identical"] == "true"
@@ -220,25 +226,29 @@ def test_two_workers_train_one_run_like_one_process_with_their_total_batch(works
     assert result["metrics"]["test/acc"] > 0.7   # it learned: the comparison is not between two coin tosses
 
 
-def _started_and_training(job: Job) -> dict:
+def _started_and_training(job: Job) -> tuple[dict, set[str]]:
+    """Every process of the job, and every address they listen on, once both workers train."""
     job.wait_for(r"\[worker \d\] epoch 1/", timeout=150)
-    return job.started()
+    started = job.started()
+    return started, listening({pid for pid, _ in started.values()})
 
 
 @pytest.mark.slow
 def test_a_killed_worker_fails_the_job_and_leaves_nothing_behind(workspace):
-    job = Job("lenet", "-n", "2", "data.limit=2048", "data.batch_size=64", "train.epochs=200")
-    started = _started_and_training(job)
+    job = Job("lenet", "-n", "2", "--json", "data.limit=2048", "data.batch_size=64", "train.epochs=200")
+    started, seen = _started_and_training(job)
     rank1 = job.wait_for(r"\[(worker \d)\] joined the job as rank 1", timeout=5).group(1)
     os.kill(started[rank1][0], signal.SIGKILL)
     killed_at = time.monotonic()
-    code, _, err = job.finish(timeout=60)
+    code, out, err = job.finish(timeout=60)
     assert time.monotonic() - killed_at < launch.GRACE + 20, err
     assert code == 1, err
     assert f"{rank1} (pid {started[rank1][0]}) was killed by SIGKILL" in err
-    assert_nothing_left(job)
+    assert_nothing_left(job, seen)
     _, run = the_run(workspace)
     assert run.info.status == "FAILED" and "killed by SIGKILL" in run.data.tags["mxlab.error"]
+    result = json.loads(out)   # --json reports a failed job too
+    assert (result["run_id"], result["status"]) == (run.info.run_id, "FAILED") and "SIGKILL" in result["error"]
 
 
 @pytest.mark.slow
@@ -253,12 +263,12 @@ def test_ctrl_c_stops_every_process_and_marks_the_run_killed(workspace, tmp_path
     (tmp_path / "hosts").write_text("127.0.0.1\n")
     job = Job("lenet", "-n", "2", "--hosts", str(tmp_path / "hosts"), "data.limit=2048", "data.batch_size=64",
               "train.epochs=200")
-    _started_and_training(job)
+    _, seen = _started_and_training(job)
     os.killpg(job.popen.pid, signal.SIGINT)   # what the terminal sends to its foreground job
     code, _, err = job.finish(timeout=60)
     assert code == 130, err
     assert "stopped by SIGINT" in err
-    assert_nothing_left(job)
+    assert_nothing_left(job, seen)
     ssh = (tmp_path / "ssh.log").read_text().splitlines()
     assert len(ssh) == 3 and all(line.startswith("-o BatchMode=yes -p 22 127.0.0.1 cd ") for line in ssh), ssh
     _, run = the_run(workspace)

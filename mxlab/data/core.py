@@ -41,22 +41,37 @@ class ArrayLoader:
         self.y = mx.nd.array(y, ctx=ctx, dtype=np.float32)
         self.batch_size, self.ctx, self.shuffle, self.transform = batch_size, ctx, shuffle, transform
         self.num_examples = len(X)
-        self.max_batches: Optional[int] = None   # a shard's cap, so that every worker takes as many steps
+        self.steps: Optional[int] = None   # a shard's batch count, the same on every worker
 
     def __len__(self) -> int:
-        full = -(-self.num_examples // self.batch_size)
-        return full if self.max_batches is None else min(full, self.max_batches)
+        return len(self._sizes())
+
+    def _sizes(self) -> list[int]:
+        """Each batch's size: full batches, then the remainder; a shard balances its last two batches instead,
+        or splits its last one in two, so that it takes ``steps`` steps with no batch under half a batch."""
+        b = self.batch_size
+        sizes = [b] * (self.num_examples // b) + ([self.num_examples % b] if self.num_examples % b else [])
+        if self.steps is None:
+            return sizes
+        if len(sizes) < self.steps:   # one short: the shard's size is a multiple of the batch
+            last = sizes.pop()
+            sizes += [last - last // 2, last // 2]
+        elif len(sizes) >= 2 and sizes[-1] < b:
+            both = sizes.pop() + sizes.pop()
+            sizes += [both - both // 2, both // 2]
+        return sizes[:self.steps]
 
     def shard(self, rank: int, workers: int) -> "ArrayLoader":
         """Examples ``rank``, ``rank + workers``, ...: disjoint shards that together hold every example.
 
-        Synchronous workers must step together, so each shard yields ``ceil((n // workers) / batch_size)``
-        batches. All examples are used each epoch, except when ``n // workers`` is a multiple of the batch size:
-        then a larger shard leaves out one example per epoch (a different one each epoch, after its shuffle).
+        Synchronous workers must step together, so every shard takes ``ceil(ceil(n / workers) / batch_size)``
+        steps and every example is used each epoch. The one exception is a batch size of 1 when ``workers``
+        does not divide ``n``: the larger shards then leave out one example each epoch (a different one each
+        epoch, after the shuffle).
         """
         X, y = self.X.asnumpy()[rank::workers], self.y.asnumpy()[rank::workers]
         part = ArrayLoader(X, y, self.batch_size, self.ctx, self.shuffle, self.transform)
-        part.max_batches = -(-(self.num_examples // workers) // self.batch_size)
+        part.steps = min(-(-(-(-self.num_examples // workers)) // self.batch_size), self.num_examples // workers)
         return part
 
     def __iter__(self) -> Iterator:
@@ -64,8 +79,10 @@ class ArrayLoader:
         index = mx.nd.arange(self.num_examples, ctx=self.ctx)
         if self.shuffle:
             index = mx.nd.random.shuffle(index)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            batch = index[start:start + self.batch_size]
+        start = 0
+        for size in self._sizes():
+            batch = index[start:start + size]
+            start += size
             X = mx.nd.take(self.X, batch)
             yield (self.transform(X) if self.transform else X), mx.nd.take(self.y, batch)
 
