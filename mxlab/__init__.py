@@ -56,7 +56,8 @@ def tune(name: str, trials: int, overrides: Mapping[str, Any] | Sequence[str] | 
     """An Optuna study of ``trials`` more trials; ``options`` are those of ``mxlab tune`` (``sampler``,
     ``pruner``, ``study``, ``storage``, ``seed``, ``timeout``, ``workers``, ``preset``, ``progress``).
 
-    Returns the study's summary: ``best_value``, ``best_params``, ``best_trial``, ``parent_run_id``, ...
+    Returns the study's summary: ``best_value``, ``best_params``, ``best_trial`` (its number), ``best_run_id``
+    (its MLflow run), ``parent_run_id``, ...
     """
     from mxlab.tuning import TuneOptions, tune as tune_study
 

@@ -9,8 +9,9 @@ import sys
 import time
 
 from mxlab import workspace
+from mxlab.console import format_metrics, number
 from mxlab.tuning.storage import HEARTBEAT_SECONDS
-from mxlab.tuning.study import PRUNERS, SAMPLERS
+from mxlab.tuning.study import PRUNERS, SAMPLERS, TuneOptions
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -124,7 +125,7 @@ def cmd_launch(args) -> int:
         print(json.dumps(result))
     else:
         print(f"run {result['run_id']} {result['status']} ({result['workers']} workers, {result['servers']} "
-              f"server(s) on {result['hosts']}): {json.dumps(result['metrics'])}")
+              f"server(s) on {result['hosts']}): {format_metrics(result['metrics'])}")
     return 0
 
 
@@ -153,7 +154,7 @@ def cmd_ui(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from mxlab.tuning import TuneOptions, tune
+    from mxlab.tuning import tune
 
     options = TuneOptions(trials=args.trials, timeout=args.timeout, study=args.study, storage=args.storage,
                           sampler=args.sampler, pruner=args.pruner, workers=args.workers, seed=args.seed,
@@ -174,7 +175,10 @@ def cmd_tune(args) -> int:
     else:
         states = ", ".join(f"{k} {v}" for k, v in result["states"].items() if v)
         print(f"study {result['study']} ({result['storage']}): {result['n_trials']} trials ({states})")
-        print(f"best value {result['best_value']} (trial {result['best_trial']}): {json.dumps(result['best_params'])}")
+        if result["best_trial"] is not None:
+            params = "  ".join(f"{k}={number(v)}" for k, v in result["best_params"].items())
+            print(f"best value {number(result['best_value'])} (trial {result['best_trial']}, MLflow run "
+                  f"{result['best_run_id']}): {params}")
         print(f"MLflow parent run {result['parent_run_id']}")
         if args.save_preset:
             print(f"wrote {result['preset']}: mxlab run {args.name} --preset {args.save_preset}")
@@ -189,9 +193,9 @@ def cmd_best(args) -> int:
         print(json.dumps(info))
         return 0
     print(f"study {info['study']} ({info['storage']}): best of {info['n_trials']} trials is trial {info['trial']}")
-    print(f"  {info['metric']} = {info['value']} ({info['direction']})")
+    print(f"  {info['metric']} = {number(info['value'])} ({info['direction']})")
     for key, value in info["params"].items():
-        print(f"  {key} = {value}")
+        print(f"  {key} = {number(value)}")
     if info["mlflow_run_id"]:
         print(f"  MLflow run {info['mlflow_run_id']}")
     if info["tune_overrides"]:
@@ -274,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (default: the experiment's name)")
     p.add_argument("--storage", help="study storage URL (default: MXLAB_OPTUNA_STORAGE, else sqlite "
                                      "mlruns/optuna.db); postgresql://... for several workers")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default="tpe")
-    p.add_argument("--pruner", choices=list(PRUNERS), default="median")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=TuneOptions.sampler)
+    p.add_argument("--pruner", choices=list(PRUNERS), default=TuneOptions.pruner)
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (needs PostgreSQL)")
     p.add_argument("--seed", type=int, help="sampler seed, for a reproducible search")
     p.add_argument("--preset", help="tune around experiments/NAME/PRESET.yaml instead of the spec alone")

@@ -90,11 +90,14 @@ def import_mxnet():
     return mxnet
 
 
+DEVICES_ALLOWED = "auto, cpu, gpu, gpu:0,1 or cpu:0,1"
+
+
 def parse_device(text: str, num_gpus: int) -> list[tuple[str, int]]:
     """``auto|cpu|gpu|gpu:0,1|cpu:0,1`` to a list of (device type, id); ``auto`` is every GPU, else the CPU."""
     match = re.fullmatch(r"(auto|cpu|gpu)(?::(\d+(?:,\d+)*))?", text)
     if not match or (match.group(1) == "auto" and match.group(2)):
-        raise DeviceError(f"train.device: got {text!r}; allowed: auto, cpu, gpu, gpu:0,1 or cpu:0,1")
+        raise DeviceError(f"train.device: got {text!r}; allowed: {DEVICES_ALLOWED}")
     kind, ids = match.group(1), match.group(2)
     if kind == "auto":
         return [("gpu", i) for i in range(num_gpus)] or [("cpu", 0)]

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import subprocess
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -73,6 +71,7 @@ def check_name(preset: str) -> None:
 def save_preset(name: str, preset: str, study: str | None = None, storage: str | None = None,
                 root: Path | None = None) -> Path:
     """Write the best trial of ``name``'s study as ``experiments/<name>/<preset>.yaml`` and check it loads."""
+    from mxlab.data.download import atomic_write
     from mxlab.spec import load_spec
     from mxlab.tuning.results import best, counts, load_study
 
@@ -85,14 +84,7 @@ def save_preset(name: str, preset: str, study: str | None = None, storage: str |
         raise ValueError(f"{path} exists and was not written by mxlab: not overwriting it; choose another "
                          f"--save-preset name or remove the file")
     text = header(name, preset, info, counts(s)) + yaml.safe_dump(nest(info["params"]), sort_keys=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{preset}-", suffix=".yaml", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, text)
     load_spec(name, preset=preset, root=root)   # a preset the spec refuses fails here, naming the file
     return path
 

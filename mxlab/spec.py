@@ -19,7 +19,7 @@ import yaml
 
 from mxlab import optimizers, workspace
 from mxlab.coerce import SpecError, coerce, error as _error, fill as _fill, where as _where
-from mxlab.devices import DeviceError, parse_device
+from mxlab.devices import DEVICES_ALLOWED, DeviceError, parse_device
 from mxlab.registry import datasets, models
 from mxlab.tasks import tasks
 
@@ -63,7 +63,7 @@ class TrainSpec:
     lr: float = field(default=0.1, metadata=_check(lambda v: v > 0, "a number > 0"))
     wd: float = field(default=0.0, metadata=_check(lambda v: v >= 0, "a number >= 0"))
     momentum: float = field(default=0.9, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))  # optimizer: momentum
-    device: str = field(default="auto", metadata=_check(lambda v: _device_ok(v), "auto, cpu, gpu, gpu:0,1 or cpu:0,1"))
+    device: str = field(default="auto", metadata=_check(lambda v: _device_ok(v), DEVICES_ALLOWED))
     # How gradients meet: local/device within one process; dist_* across the workers of `mxlab launch`.
     kvstore: Literal["local", "device", "dist_sync", "dist_sync_device", "dist_async"] = "device"
     seed: int = field(default=42, metadata=_check(lambda v: 0 <= v < 2**31 - 10**6, "an integer in [0, 2^31 - 10^6)"))

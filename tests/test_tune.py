@@ -178,11 +178,13 @@ def test_json_output_is_one_object_on_stdout(workspace, capfd):
     assert result["storage"].endswith("elsewhere/studies.db")
     assert result["best_params"] == {"train.lr": 0.9, "train.wd": 1e-6}   # the enqueued baseline
     assert "trial 0" in err   # progress went to stderr
+    assert "[I " not in err, err   # Optuna's own line per trial stays off: mxlab says it once
     assert (workspace / "elsewhere" / "studies.db").exists() and not (workspace / "mlruns" / "optuna.db").exists()
     c, parents, children = _runs("lenet")
     assert parents[0].data.tags["mxlab.study"] == "lenet-json"
     assert parents[0].data.tags["mxlab.sampler"] == "tpe" and parents[0].data.tags["mxlab.pruner"] == "median"
     assert children[0].data.tags["optuna.state"] == "COMPLETE" and children[0].info.status == "FINISHED"
+    assert result["best_run_id"] == children[0].info.run_id
 
 
 def test_storage_password_is_removed():

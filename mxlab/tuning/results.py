@@ -37,6 +37,7 @@ def summary(study, storage_url_: str, parent_run_id: str | None) -> dict:
         "best_value": best.value if best else None,
         "best_params": best.params if best else {},
         "best_trial": best.number if best else None,
+        "best_run_id": best.user_attrs.get("mlflow.run_id") if best else None,
         "parent_run_id": parent_run_id,
     }
 

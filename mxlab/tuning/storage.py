@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ def quiet_optuna():
     """Heartbeats and stale-trial retry are marked experimental in Optuna; they are what scale-out relies on."""
     import optuna
 
+    if os.environ.get("MXLAB_DEBUG") != "1":   # Optuna sets its logger to INFO when imported: one line a trial
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     for handler in logging.getLogger("optuna").handlers:   # records of optuna.* loggers reach these
         if not any(isinstance(f, _NoTraceback) for f in handler.filters):
             handler.addFilter(_NoTraceback())
