@@ -389,7 +389,7 @@ def one_line(exc: BaseException) -> str:
 def _ended(args, exc: BaseException, status: str, message: str, code: int) -> int:
     """One line on stderr (and the JSON object with --json), the command that continues where it helps."""
     run_id = getattr(exc, "mxlab_run_id", None)
-    if getattr(args, "json", False) and args.command in ("run", "tune"):
+    if getattr(args, "json", False) and args.command in ("run", "tune", "launch"):
         print(json.dumps({"run_id": run_id, "experiment": getattr(args, "name", None), "status": status,
                           "error": message}))
     _fail(message, code)

@@ -14,6 +14,7 @@ import time
 import warnings
 
 from mxlab.callbacks import Callback
+from mxlab.workspace import redact
 
 PLAIN_EVERY = 60.0   # seconds between plain progress lines inside one epoch
 LOSS_EVERY = 0.5     # seconds between reads of the running loss for the bar
@@ -64,7 +65,8 @@ def format_metrics(metrics: dict) -> str:
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str, port: int = 5000) -> str:
     """Where the run is seen: the tracking server itself, or ``mxlab ui`` on its default port."""
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    base = (redact(tracking_uri).rstrip("/") if tracking_uri.startswith(("http://", "https://"))
+            else f"http://127.0.0.1:{port}")
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 

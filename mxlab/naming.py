@@ -5,6 +5,8 @@ import os
 import shlex
 import sys
 
+from mxlab.workspace import redact
+
 MAX_NAME = 120   # MLflow's runs table shows about this much
 
 
@@ -30,9 +32,17 @@ def run_name(spec, preset: str | None = None) -> str:
     return name if len(name) <= MAX_NAME else name[:MAX_NAME - 1] + "…"
 
 
+def _redact_arg(arg: str) -> str:
+    """A store URL typed on the command line (``--storage URL``, ``--storage=URL``) keeps no password."""
+    if "://" not in arg:
+        return arg
+    key, sep, value = arg.partition("=")
+    return key + sep + redact(value) if sep and "://" in value and "://" not in key else redact(arg)
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """How this process was started, as a researcher would type it again."""
-    argv = list(sys.argv if argv is None else argv)
+    argv = [_redact_arg(a) for a in (sys.argv if argv is None else argv)]
     program = os.path.basename(argv[0]) if argv else ""
     if program in ("mxlab", "cli.py", "__main__.py") or (argv and argv[0].endswith("mxlab/cli.py")):
         return shlex.join(["mxlab", *argv[1:]])

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from mxlab.console import duration, number
+from mxlab.workspace import redact
 
 HIDDEN = ("perf/", "system/")   # metrics left out of tables: throughput and machine load, not results
 
@@ -66,7 +67,7 @@ def get_run(c, run_id: str):
     try:
         return c.get_run(run_id)
     except MlflowException:
-        raise ValueError(f"run {run_id!r} is not in {c.tracking_uri}; allowed: a run id from `mxlab runs NAME`") \
+        raise ValueError(f"run {run_id!r} is not in {redact(c.tracking_uri)}; allowed: a run id from `mxlab runs NAME`") \
             from None
 
 

@@ -87,6 +87,27 @@ def artifact_location(experiment_name: str, root: Path | None = None) -> str | N
 _SWEPT: set[str] = set()
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _probe_database(uri: str) -> None:
+    """One connection to a database store, with a short timeout: a refused or unknown server is one line now."""
+    import sqlalchemy
+
+    args = {"connect_timeout": 5} if uri.startswith(("postgresql", "mysql")) else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=args)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:
+        raise StoreError(f"the tracking store {redact(uri)} cannot be reached: {_first_line(exc)}; "
+                         f"allowed: a running database server in MLFLOW_TRACKING_URI, or unset it for the "
+                         f"workspace's mlruns/mlflow.db") from None
+
+
 def client(root: Path | None = None):
     """An ``MlflowClient`` on the store, whose schema is created once, under a lock beside the database, first.
 
@@ -106,9 +127,17 @@ def client(root: Path | None = None):
         db = workspace.sqlite_path(uri)
         db.parent.mkdir(parents=True, exist_ok=True)
         with workspace.file_lock(db.parent / f".{db.name}.lock"):
-            c = MlflowClient(uri)
-            c.search_experiments(max_results=1)   # creates or migrates the schema, once, before any worker
-    else:
+            try:
+                c = MlflowClient(uri)
+                c.search_experiments(max_results=1)   # creates or migrates the schema, once, before any worker
+            except Exception as exc:
+                raise StoreError(f"the tracking store {db} cannot be used: {_first_line(exc)}; allowed: a "
+                                 f"writable MLflow sqlite file, or a new path in MLFLOW_TRACKING_URI") from None
+    elif urlparse(uri).scheme in ("http", "https", "databricks", "file", ""):
+        c = MlflowClient(uri)
+    else:   # a database server: MLflow would retry a refused connection ten times, for about two minutes
+        uri = workspace.driver_url(uri)
+        _probe_database(uri)
         c = MlflowClient(uri)
     if uri not in _SWEPT:
         _SWEPT.add(uri)

@@ -118,6 +118,15 @@ def sqlite_path(url: str) -> Path:
     return Path(url.split(":///", 1)[1].split("?", 1)[0])
 
 
+def driver_url(url: str) -> str:
+    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 reads it as psycopg 3, mxlab ships
+    psycopg2."""
+    if url.startswith("postgresql://"):
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def redact(url: str) -> str:
     """A store URL without its password, fit for output, tags, logs and JSON."""
     parts = urlsplit(url)

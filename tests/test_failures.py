@@ -104,7 +104,8 @@ def test_json_prints_its_object_on_failure_and_a_resume_hint_follows(scratch_roo
 def test_a_corrupt_or_unwritable_store_is_one_line(scratch_root, tmp_path):
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(b"this is not a database, it is a shopping list\n" * 100)
-    one_line(mxlab("run", "linreg", env={"MLFLOW_TRACKING_URI": f"sqlite:///{corrupt}"}), 1, "not a database")
+    one_line(mxlab("run", "linreg", env={"MLFLOW_TRACKING_URI": f"sqlite:///{corrupt}"}), 1, "not a database",
+             str(corrupt))
     one_line(mxlab("run", "linreg", env={"MLFLOW_TRACKING_URI": "sqlite:////proc/mxlab/mlflow.db"}), 1,
              "/proc/mxlab")
 
@@ -113,6 +114,14 @@ def test_an_unreachable_tracking_server_fails_within_15_seconds(scratch_root):
     start = time.monotonic()
     one_line(mxlab("run", "linreg", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}), 1, "127.0.0.1:9")
     assert time.monotonic() - start < 15 + 5   # + the interpreter's and MXNet's start-up
+
+
+def test_a_refused_database_tracking_store_is_one_line_at_once_without_the_password(scratch_root):
+    start = time.monotonic()
+    out = mxlab("run", "linreg", env={"MLFLOW_TRACKING_URI": "postgresql://mxlab:pw-s3cret@127.0.0.1:9/mlflow"})
+    one_line(out, 1, "127.0.0.1:9", "Connection refused")
+    assert "pw-s3cret" not in out.stdout + out.stderr
+    assert time.monotonic() - start < 20   # not MLflow's ten retries
 
 
 def test_a_refused_postgresql_study_storage_is_one_line_without_the_password(scratch_root):

@@ -55,6 +55,16 @@ def test_launch_trains_dist_sync_unless_told_otherwise(workspace):
         launch.resolve("lenet", ["train.kvstore=local"], None)
 
 
+def test_launch_json_reports_a_refused_spec_too(workspace, capsys):
+    from mxlab import cli
+
+    assert cli.main(["launch", "lenet", "-n", "2", "--json", "train.lr=-1"]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"run_id": None, "experiment": "lenet", "status": "FAILED",
+                               "error": json.loads(out)["error"]}
+    assert "train.lr: got -1" in err
+
+
 def test_kvstore_is_checked_by_the_spec(workspace):
     assert mxlab.load_spec("lenet").train.kvstore == "device"   # what the Trainer always used
     with pytest.raises(SpecError, match=r"train.kvstore: got 'nccl'; allowed: .*dist_sync"):

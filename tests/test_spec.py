@@ -62,8 +62,9 @@ def test_wrong_type_and_impossible_values(root):
         for key in ("train.lr", "train.wd", "train.clip_gradient"):
             with pytest.raises(SpecError, match=rf"command line: {key}: got .*allowed: .*finite number"):
                 load_spec("e", ["train.lr=0.1", f"{key}={bad}"])
-    with pytest.raises(SpecError, match=r"train\.seed: got -1; allowed: an integer in \[0"):
-        load_spec("e", ["train.lr=0.1", "train.seed=-1"])
+    for seed in ("-1", "2147483648"):
+        with pytest.raises(SpecError, match=rf"train\.seed: got {seed}; allowed: an integer in \[0"):
+            load_spec("e", ["train.lr=0.1", f"train.seed={seed}"])
     with pytest.raises(SpecError, match=r"data\.val_fraction: got 1\.5"):
         load_spec("e", ["train.lr=0.1", "data.val_fraction=1.5"])
 

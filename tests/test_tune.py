@@ -56,6 +56,8 @@ def test_space_errors_come_before_any_trial_or_run(workspace, capsys):
     # Several workers on sqlite are refused with what to do instead.
     with pytest.raises(ValueError, match="--workers 2 needs a database server.*postgresql://"):
         studies.tune("lenet", QUICK, studies.TuneOptions(workers=2))
+    with pytest.raises(ValueError, match=r"--seed 4294967296: allowed: an integer in \[0, 2\^32\)"):
+        studies.tune("lenet", QUICK, studies.TuneOptions(seed=2**32))
     # Through the command line: a clear message and exit code 2.
     assert cli.main(["tune", "lenet", "search.space.train.lr.low=1", "search.space.train.lr.high=0.1"]) == 2
     assert "low <= high" in capsys.readouterr().err
@@ -190,6 +192,17 @@ def test_json_output_is_one_object_on_stdout(workspace, capfd):
 def test_storage_password_is_removed():
     assert storage.redact("postgresql://mxlab:s3cr%40t@db.lab:5432/optuna") == "postgresql://mxlab@db.lab:5432/optuna"
     assert storage.redact("sqlite:////tmp/x/optuna.db") == "sqlite:////tmp/x/optuna.db"
+
+
+def test_a_password_typed_on_the_command_line_stays_out_of_notes_and_links():
+    from mxlab.console import ui_url
+    from mxlab.naming import command_line
+
+    noted = command_line(["mxlab", "tune", "lenet", "--storage", "postgresql://mxlab:s3cr3t@db:5432/optuna",
+                          "--storage=postgresql://mxlab:s3cr3t@db/optuna", "train.lr=0.1"])
+    assert noted == ("mxlab tune lenet --storage postgresql://mxlab@db:5432/optuna "
+                     "--storage=postgresql://mxlab@db/optuna train.lr=0.1")
+    assert "s3cr3t" not in ui_url("http://me:s3cr3t@mlflow.lab:5000", "1", "abc")
 
 
 def test_resumed_study_must_keep_its_metric(workspace):

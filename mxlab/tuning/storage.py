@@ -6,7 +6,6 @@ worker; several workers share a PostgreSQL database.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import warnings
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mxlab import workspace
-from mxlab.workspace import redact  # noqa: F401  (the one redaction, re-exported for tuning)
+from mxlab.workspace import driver_url, redact  # noqa: F401  (the one redaction, re-exported for tuning)
 
 HEARTBEAT_SECONDS = 60     # how often a running trial proves its worker alive
 
@@ -45,14 +44,6 @@ def quiet_optuna():
 
 def storage_url(url: str | None = None, root: Path | None = None) -> str:
     return workspace.optuna_url(url, root)
-
-
-def driver_url(url: str) -> str:
-    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 means psycopg 3 by it, mxlab ships psycopg2."""
-    if url.startswith("postgresql://"):
-        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-            return "postgresql+psycopg2://" + url[len("postgresql://"):]
-    return url
 
 
 def is_sqlite(url: str) -> bool:

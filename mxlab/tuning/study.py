@@ -85,6 +85,8 @@ class TuneOptions:
             raise ValueError(f"--heartbeat {self.heartbeat}: allowed: an integer number of seconds >= 1")
         if self.study is not None and not STUDY_NAME_RE.match(self.study):
             raise ValueError(f"--study {self.study!r}: allowed: letters, digits, '_', '-' and '.'")
+        if self.seed is not None and not 0 <= self.seed < 2**32:   # what the samplers' numpy generators take
+            raise ValueError(f"--seed {self.seed}: allowed: an integer in [0, 2^32)")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"--sampler {self.sampler!r} is not known; allowed: {', '.join(SAMPLERS)}")
         if isinstance(self.pruner, str) and self.pruner not in PRUNERS:
