@@ -49,7 +49,12 @@ class Checkpoint(Callback):
 
     def _atomic(self, name: str, write) -> None:
         tmp = self.folder / f".{name}.tmp"
-        write(str(tmp))
+        try:
+            write(str(tmp))
+        except Exception as exc:   # MXNet's writer fails with its C++ stack; its last line says why
+            tmp.unlink(missing_ok=True)
+            reason = str(exc).strip().splitlines()[-1].removeprefix("MXNetError: ") if str(exc).strip() else exc
+            raise OSError(f"cannot write the checkpoint {self.folder / name}: {reason}") from None
         os.replace(tmp, self.folder / name)
 
     def on_fit_begin(self, state):

@@ -374,12 +374,19 @@ def bad_input(exc: BaseException) -> bool:
                                                                                          FloatingPointError))
 
 
+# How a full disk (or a file-size limit) reads in the errors of the OS, sqlite and MLflow's store.
+FULL_DISK = ("No space left on device", "File too large", "Disk quota exceeded", "database or disk is full",
+             "disk I/O error", "Write incomplete")
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of the error, named by its kind where its type says more than its text."""
     text = str(exc).strip().strip("'\"")
     first = text.splitlines()[0] if text else type(exc).__name__
     if len(first) > 400:
         first = first[:400] + " ..."
+    if any(sign in first for sign in FULL_DISK):
+        first += "; the disk may be full: free space (or point MLFLOW_TRACKING_URI elsewhere), then resume"
     known = ("SpecError", "WorkspaceError", "DataError", "DeviceError", "StoreError", "CheckpointError",
              "NonFiniteLoss", "ValueError", "KeyError")
     name = type(exc).__name__

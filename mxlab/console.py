@@ -28,6 +28,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")   # MLflow resets its logger when imported
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow's SQL store logs each database error it re-raises with a traceback; mxlab reports it in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if not sys.warnoptions and os.environ.get("MXLAB_DEBUG") != "1":
         warnings.simplefilter("ignore")
         os.environ.setdefault("PYTHONWARNINGS", "ignore")

@@ -123,7 +123,7 @@ def launch(name: str, overrides=(), *, workers: int, servers: int | None = None,
 
     Raises :class:`JobFailed` when a process fails or the launcher is stopped, after every process has ended.
     """
-    from mxlab import tracking, workspace
+    from mxlab import naming, tracking, workspace
     from mxlab.interrupts import exit_code, signal_name, stops_as_exceptions, stops_deferred
 
     echo = echo or sys.stderr
@@ -138,7 +138,8 @@ def launch(name: str, overrides=(), *, workers: int, servers: int | None = None,
     where = scheduler_host or (local_address(hosts[0][0]) if hosts else "127.0.0.1")
     port = free_port(where if not hosts else "")
     tags = {"mxlab.launch_id": launch_id, "mxlab.workers": str(workers), "mxlab.servers": str(servers),
-            "mxlab.hosts": ",".join(h for h, _ in hosts) if hosts else "127.0.0.1"}
+            "mxlab.hosts": ",".join(h for h, _ in hosts) if hosts else "127.0.0.1",
+            "mlflow.note.content": naming.command_line()}   # the notes say `mxlab launch`, not a worker's command
     job = {"name": name, "overrides": overrides, "preset": preset, "digest": spec_digest(spec), "tags": tags,
            "progress": progress}
     env = {"DMLC_PS_ROOT_URI": where, "DMLC_PS_ROOT_PORT": str(port), "DMLC_NUM_SERVER": str(servers),

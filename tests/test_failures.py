@@ -110,6 +110,34 @@ def test_a_corrupt_or_unwritable_store_is_one_line(scratch_root, tmp_path):
              "/proc/mxlab")
 
 
+@pytest.mark.parametrize("where", ["store", "checkpoint"])
+def test_a_full_disk_is_one_line_and_leaves_the_store_sound_and_no_run_running(scratch_root, where):
+    import resource
+    import signal
+
+    (scratch_root / "experiments" / "mlp").symlink_to(REPO / "experiments" / "mlp")
+    assert mxlab("run", "linreg", "train.epochs=1").returncode == 0   # the store exists, with one run
+    db = scratch_root / "mlruns" / "mlflow.db"
+    # "store": it cannot grow at all; "checkpoint": the store has room, the first checkpoint (3.2 MB) has not.
+    limit = db.stat().st_size + (4096 if where == "store" else 1 << 20)
+
+    def full_disk():   # no file of this process may grow past `limit`: what a full disk does to each write
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = subprocess.run([sys.executable, "-m", "mxlab.cli", "run", "mlp", "model.num_hiddens=[1024]",
+                          "data.limit=512", "train.epochs=3", "train.system_metrics=false"],
+                         capture_output=True, text=True, timeout=300, preexec_fn=full_disk)
+    one_line(out, 1, "the disk may be full")
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        if where == "checkpoint":   # the store could still record the failure itself
+            assert con.execute("SELECT status FROM runs WHERE name LIKE 'mlp%'").fetchall() == [("FAILED",)]
+    assert mxlab("runs", "mlp").returncode == 0   # the next command closes what a failed one could not
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT count(*) FROM runs WHERE status = 'RUNNING'").fetchone() == (0,)
+
+
 def test_an_unreachable_tracking_server_fails_within_15_seconds(scratch_root):
     start = time.monotonic()
     one_line(mxlab("run", "linreg", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}), 1, "127.0.0.1:9")

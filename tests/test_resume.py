@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -225,18 +226,24 @@ def tune_state(root: Path, study: str) -> dict:
     return {"trials": trials, "runs": [s for (s,) in runs]}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=lambda s: signal.Signals(s).name)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP],
+                         ids=lambda s: signal.Signals(s).name)
 def test_a_stopped_study_loses_nothing_and_retries_the_trial_from_its_checkpoint(workspace, sig):
     args = ["tune", "lenet", "--trials", "1", "--pruner", "none", "--seed", "0", *SPEC]
     proc = start(*args)
     trial_run = wait_for_epoch(workspace, proc, 1)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == (143 if sig == signal.SIGTERM else -signal.SIGKILL), err
-    if sig == signal.SIGTERM:
+    assert proc.returncode == (-sig if sig == signal.SIGKILL else 128 + sig), err
+    if sig != signal.SIGKILL:
         assert "Traceback" not in err
         assert "RUNNING" not in [state for _, state in tune_state(workspace, "lenet")["trials"]]
         assert "RUNNING" not in tune_state(workspace, "lenet")["runs"]
+        parent = query(workspace, "SELECT r.status, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                                  "WHERE t.key = 'mlflow.note.content' AND r.name LIKE 'study-%'")
+        assert parent == [("KILLED", shlex.join(["mxlab", *args]))], parent   # its notes: the command, typed again
+    if sig in (signal.SIGINT, signal.SIGHUP):   # the same closing path as SIGTERM: the retry is tested there
+        return
 
     again = subprocess.run([sys.executable, "-m", "mxlab.cli", *args, "--json"], capture_output=True, text=True,
                            timeout=600)

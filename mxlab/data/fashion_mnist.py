@@ -3,8 +3,7 @@
 Sources, in order: ``MXLAB_DATA_DIR``, MXNet's cache ``~/.mxnet/datasets/fashion-mnist``, the Debian package
 ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), else a download from MXNet's mirror into
 the cache. Debian recompresses the archives, so the archives differ between sources; their content does not,
-which is why the decompressed bytes are hashed. A verified archive's size and modification time are recorded
-(:mod:`mxlab.data.download`), so later runs skip the 50 MB hash.
+which is why the decompressed bytes are hashed, on every read (:func:`mxlab.data.download.read_verified`).
 """
 from __future__ import annotations
 

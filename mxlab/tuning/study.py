@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from mxlab import naming
 from mxlab.tuning.space import baseline_params, tuning_spec
 from mxlab.tuning.storage import HEARTBEAT_SECONDS, is_sqlite, open_storage, quiet_optuna, redact, storage_url
 from mxlab.tuning.trials import Objective, StaleTrialHandler, close_stale_runs, log, recover_interrupted
@@ -213,6 +214,7 @@ def tune(name: str, overrides: Sequence[str] = (), options: TuneOptions | None =
     _, parent_id = start_run(spec.name, run_name=f"study-{study_name}", root=root, tags={
         "mxlab.study": study_name, "mxlab.study_storage": redact(url), "mxlab.sampler": options.sampler,
         "mxlab.pruner": pruner_name(options.pruner), "mxlab.role": "study", "mxlab.experiment": spec.name,
+        "mlflow.note.content": naming.command_line(),
         **({"mxlab.note": " ".join(notes)} if notes else {})})
     with run_lifecycle(c, parent_id):   # entered at once: nothing may leave the parent run RUNNING
         log(f"study {study_name!r} on {redact(url)}: {len(study.get_trials(deepcopy=False))} trial(s) so far; "
