@@ -1,8 +1,8 @@
 """What a run prints while it trains, always on stderr (stdout is for results and ``--json``).
 
 On a terminal, a tqdm bar per epoch with examples per second and the time left; elsewhere (CI, pipes, files)
-plain lines: one per epoch, and one a minute inside a long epoch. The fit loop reads losses from the device
-once per epoch only, so the running figures are throughput and time; losses arrive with each epoch's line.
+plain lines: one per epoch, and one a minute inside a long epoch. The bar shows the running loss, read from
+the device at most twice a second so that the reads do not slow the epoch; each epoch's line has every metric.
 """
 from __future__ import annotations
 
@@ -76,6 +76,13 @@ def announce(run_id: str, run_name: str, url: str, stream=None) -> None:
     stream = stream or sys.stderr
     local = url.startswith("http://127.0.0.1")
     stream.write(f"run {run_id} ({run_name})\n  {url}" + ("  (after `mxlab ui`)" if local else "") + "\n")
+    stream.flush()
+
+
+def stage(message: str, stream=None) -> None:
+    """One line for work that takes seconds outside the epochs (loading data, packaging the model)."""
+    stream = stream or sys.stderr
+    stream.write(f"  {message}\n")
     stream.flush()
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from mxlab import workspace
+from mxlab import console, workspace
 from mxlab.callbacks import STATES_ORDER, Checkpoint, EarlyStopping, TextSampler
 from mxlab.console import ConsoleProgress
 from mxlab.coerce import SpecError
@@ -68,8 +68,6 @@ def run(spec: Spec, *, track: bool = True, callbacks=(), tags: dict | None = Non
     c, run_id = tracking.start_run(spec.name, tags=tags, parent_run_id=parent_run_id, run_name=run_name, root=root)
     tracking.describe_experiment(c, spec.name, spec.description)
     if progress:
-        from mxlab import console
-
         console.announce(run_id, run_name, console.ui_url(c.tracking_uri, c.get_run(run_id).info.experiment_id, run_id))
     return _tracked(c, run_id, spec, callbacks, progress, root)
 
@@ -175,6 +173,8 @@ def _tracked(c, run_id: str, spec: Spec, callbacks, progress: bool, root: Path |
                 c.log_param(run_id, key, value)
             (folder / "spec.yaml").write_text(dump_yaml(spec), encoding="utf-8")
             tracking.log_files(c, run_id, folder, ["spec.yaml"])
+        if progress:
+            console.stage(f"loading {spec.data.name} and building {spec.model.name}")
         training = _Training(spec, folder, callbacks, progress,
                              on_sample=lambda path, epoch: c.log_artifact(run_id, str(path), "samples"))
         tracking.set_tags(c, run_id, tracking.run_tags(spec, training.device_tags(), training.bundle.checksums, root))
@@ -188,6 +188,8 @@ def _tracked(c, run_id: str, spec: Spec, callbacks, progress: bool, root: Path |
             training.fit(tracking.MLflowLogger(c, run_id, training.checkpoint_dir))
         if training.stop_reason:
             c.set_tag(run_id, "mxlab.stopped_early", training.stop_reason)
+        if progress:
+            console.stage("saving the curves, the parameters and the MLflow model")
         training.write_reports()
         tracking.log_files(c, run_id, folder, ["model_summary.txt", "curves.png"])
         tracking.log_files(c, run_id, training.checkpoint_dir, ["final.params", "best.params"], "params")

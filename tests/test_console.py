@@ -77,6 +77,8 @@ def test_cli_run_shows_progress_and_a_summary_and_keeps_json_alone(workspace):
     assert "train/loss" in plain.stdout.splitlines()[1]
     err = plain.stderr
     assert err.startswith("run ") and "/#/experiments/" in err and "epoch 2/2" in err
+    lines = err.splitlines()   # no silent seconds before the first epoch or after the last
+    assert lines[2].startswith("  loading ") and lines[-1].startswith("  saving "), err
     assert "INFO" not in err and "Warning" not in err   # nothing from MLflow's own logging
     as_json = subprocess.run([sys.executable, "-m", "mxlab.cli", "run", "linreg", "train.epochs=2", "--json",
                               "--name", "my run"], capture_output=True, text=True, timeout=300)
