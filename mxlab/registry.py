@@ -42,6 +42,12 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._builders)
 
+    def returns(self, name: str) -> Any:
+        """What a builder says it returns (its return annotation), or None."""
+        builder = self.get(name)
+        fn = builder.fn if isinstance(builder, _Bound) else builder
+        return typing.get_type_hints(fn).get("return")
+
     def options(self, name: str) -> dict[str, tuple[Any, Any]]:
         """The keyword options of a builder: ``{name: (type hint, default)}``, without pre-bound ones."""
         builder = self.get(name)

@@ -310,6 +310,9 @@ def _build(name: str, path: Path | None, raw: dict, sources: dict) -> Spec:
     data = DataSpec(name=data_name, **_fill(DataSpec, data_raw, "data", sources, datasets.options(data_name)))
     train = TrainSpec(**_fill(TrainSpec, dict(raw["train"]), "train", sources))
     _check_optimizer(train, sources)
+    if getattr(models.returns(model_name), "scratch", False) and train.optimizer != "sgd":
+        raise _error(sources, "train.optimizer", train.optimizer, f"sgd: {model_name} is written from scratch and "
+                     f"steps with its own hand-written sgd")
     if train.kvstore == "dist_async" and train.clip_gradient is not None:   # MXNet: async updates on the servers
         raise _error(sources, "train.clip_gradient", train.clip_gradient, "null with train.kvstore=dist_async "
                      "(the servers apply each gradient as it comes), or train.kvstore=dist_sync")

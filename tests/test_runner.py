@@ -11,6 +11,7 @@ import pytest
 
 import mxlab
 from mxlab import runner, tracking
+from mxlab.coerce import SpecError
 
 from tests.conftest import REPO
 
@@ -99,8 +100,11 @@ def test_any_registered_optimizer_trains(workspace, optimizer, params):
 
 
 def test_a_scratch_model_says_it_steps_with_its_own_sgd(workspace):
-    with pytest.raises(ValueError, match=r"train\.optimizer: got 'nag'; a from-scratch model steps with its "
-                                         r"hand-written sgd only"):
+    # Refused with the spec (so `mxlab check` says it), before any data or network is made.
+    message = r"train\.optimizer: got 'nag'; allowed: sgd: softmax_scratch is written from scratch"
+    with pytest.raises(SpecError, match=message):
+        mxlab.load_spec("softmax_scratch", {"train.optimizer": "nag"})
+    with pytest.raises(SpecError, match=message):
         mxlab.run("softmax_scratch", {"train.optimizer": "nag", "data.limit": 100}, track=False, progress=False)
 
 

@@ -14,6 +14,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from mxlab import runner
 from mxlab.callbacks import TextSampler
 from mxlab.data import text
 from mxlab.data.core import DataError
@@ -21,7 +22,7 @@ from mxlab.models.rnn import predict_rnn
 from mxlab.registry import models
 from mxlab.spec import from_dict, load_spec
 from mxlab.tasks import tasks
-from mxlab.train import FitState, fit, prepare_net
+from mxlab.train import FitState
 
 
 FORTUNE = ("\x1b[32m《静夜思》\x1b[m\n\x1b[33m作者：李白\x1b[m\n床前明月光，疑是地上霜。\n%\n"
@@ -274,10 +275,10 @@ def test_short_training_on_tang300_gives_finite_ppl_and_a_sample(workspace, name
                             "model.num_hiddens=32"])
     from mxlab.data import load_data
 
-    bundle = load_data(spec, mx.cpu())
+    bundle = load_data(spec, mx.cpu())   # the vocabulary the runner's own load gives too
     assert bundle.train.sampling == sampling and bundle.extra["vocab_size"] == len(bundle.extra["idx_to_char"])
-    net = prepare_net(spec, bundle, [mx.cpu()])
-    history = fit(spec, net, bundle, [mx.cpu()])
+    result = runner.run(spec, track=False, progress=False)
+    net, history = result.net, result.history
     assert math.isfinite(history[-1]["train/ppl"]) and history[-1]["train/ppl"] > 1
     prefix = bundle.extra["idx_to_char"][5] + bundle.extra["idx_to_char"][7]
     sample = predict_rnn(net, prefix, 10, bundle.extra["idx_to_char"], bundle.extra["char_to_idx"], mx.cpu())
