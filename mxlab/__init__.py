@@ -44,12 +44,13 @@ def load_spec(name: str, overrides: Mapping[str, Any] | Sequence[str] | None = N
 
 
 def run(name: str, overrides: Mapping[str, Any] | Sequence[str] | None = None, *, track: bool = True,
-        progress: bool = True, preset: str | None = None):
+        progress: bool = True, preset: str | None = None, callbacks: Sequence[Any] = ()):
     """Train experiment ``name``; returns a :class:`mxlab.runner.RunResult` (``run_id``, ``status``, ``metrics``
-    of the last epoch, ``history``). ``track=False`` trains without MLflow: no run is created, nothing imported."""
+    of the last epoch, ``history``). ``track=False`` trains without MLflow: no run is created, nothing imported.
+    ``callbacks``: :class:`mxlab.callbacks.Callback` instances of your own, called after mxlab's."""
     from mxlab.runner import run as run_spec
 
-    return run_spec(load_spec(name, overrides, preset=preset), track=track, progress=progress)
+    return run_spec(load_spec(name, overrides, preset=preset), track=track, progress=progress, callbacks=callbacks)
 
 
 def tune(name: str, trials: int, overrides: Mapping[str, Any] | Sequence[str] | None = None, **options) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mxlab import console, workspace
-from mxlab.callbacks import STATES_ORDER, Checkpoint, EarlyStopping, TextSampler
+from mxlab.callbacks import STATES_ORDER, Callback, Checkpoint, EarlyStopping, TextSampler
 from mxlab.console import ConsoleProgress
 from mxlab.coerce import SpecError
 from mxlab.interrupts import stops_as_exceptions
@@ -218,6 +218,13 @@ def job_params(spec: Spec) -> dict[str, str]:
             "launch.effective_lr": str(spec.train.lr)}
 
 
+class _Ending(Callback):
+    reason: str | None = None
+
+    def on_fit_end(self, state) -> None:
+        self.reason = state.stop_reason
+
+
 class _Training:
     """Devices, data and net for one spec, and the callback chain every run shares."""
 
@@ -281,11 +288,10 @@ class _Training:
     def fit(self, logger=None) -> None:
         from mxlab.train import fit
 
-        chain = self.chain(logger)
-        self.history = fit(self.spec, self.net, self.bundle, self.ctx_list, chain, start_epoch=self.start_epoch,
-                           updater=self.updater, history=self.history)
-        if len(self.history) < self.spec.train.epochs:
-            self.stop_reason = next((cb.reason for cb in chain if isinstance(cb, EarlyStopping) and cb.reason), None)
+        ending = _Ending()   # why training stopped early, whichever callback stopped it
+        self.history = fit(self.spec, self.net, self.bundle, self.ctx_list, [*self.chain(logger), ending],
+                           start_epoch=self.start_epoch, updater=self.updater, history=self.history)
+        self.stop_reason = ending.reason
 
     # ------------------------------------------------------------ artifacts of a finished run
 

@@ -90,6 +90,20 @@ def test_early_stopping_ends_the_run_and_says_why(workspace):
     assert len(patient.history) == 2 and patient.stop_reason is None
 
 
+def test_a_callback_of_your_own_is_one_class_passed_to_run(workspace):
+    from mxlab.callbacks import Callback
+
+    class StopWhenGoodEnough(Callback):
+        def on_epoch_end(self, state, metrics):
+            if metrics["test/acc"] > 0.5:
+                state.stop_reason = f"test/acc {metrics['test/acc']:.2f} > 0.5 at epoch {state.epoch}"
+
+    result = mxlab.run("softmax", {"train.epochs": 5, "data.limit": 2000}, track=False, progress=False,
+                       callbacks=[StopWhenGoodEnough()])
+    assert len(result.history) < 5 and result.stop_reason.startswith("test/acc ")
+    assert result.stop_reason.endswith(f"at epoch {len(result.history)}")
+
+
 @pytest.mark.parametrize("optimizer, params", [("rmsprop", {"gamma1": 0.9}), ("nag", {"momentum": 0.9}),
                                                ("adagrad", {})])
 def test_any_registered_optimizer_trains(workspace, optimizer, params):
