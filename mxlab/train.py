@@ -135,7 +135,22 @@ class GluonUpdater:
             False if self.sync or len(ctx_list) > 1 or self.clip else None)
         self.trainer = mx.gluon.Trainer(self.all_params, optimizers.mxnet_name(train.optimizer), options, kvstore=kv,
                                         update_on_kvstore=on_kvstore)
-        self._stats_ready = False
+        self._stats_ready = self._pulled = False
+
+    def _pull_initial_weights(self) -> None:
+        """Every worker starts from rank 0's weights, and all of them before any gradient is pushed.
+
+        The Trainer sets up its kvstore inside its first step: it pulls the initial weights and pushes the first
+        gradients at once, and the two do not wait for each other. When the servers only sum (a synchronous
+        job), their copy of a parameter becomes the gradient sum at the first push, so a late pull put that sum
+        into one worker's weights (seen here: the last layer's bias of rank 0, one job in five)."""
+        trainer = self.trainer
+        if not trainer._kv_initialized:
+            trainer._init_kvstore()
+        if trainer._params_to_init:
+            trainer._init_params()
+        mx.nd.waitall()
+        self._pulled = True
 
     def penalty(self):
         return None
@@ -167,6 +182,8 @@ class GluonUpdater:
 
     def step(self, count: int) -> None:
         if self.sync:
+            if not self._pulled:
+                self._pull_initial_weights()
             count *= self.workers   # the servers return the sum over all workers' batches
         if self.clip:
             self.trainer.allreduce_grads()

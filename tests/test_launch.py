@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -108,6 +109,36 @@ def test_shards_are_disjoint_cover_the_split_and_step_together(n, workers, batch
     assert len(set(union)) == len(union)   # disjoint
     # Every example each epoch; with batches of one, a larger shard cannot take an extra step alone.
     assert len(union) == n - (n % workers if batch == 1 else 0)
+
+
+def test_an_epoch_s_metrics_are_the_whole_job_s(workspace):
+    """What rank 0 logs: loss and accuracy sums and the example count summed over the workers, the time of the
+    slowest; through a stand-in for the parameter server that adds the other worker's push."""
+    from mxlab.devices import import_mxnet
+    from mxlab.train import GluonUpdater
+
+    mx = import_mxnet()
+
+    class TwoWorkerServer:   # sums this worker's push with what worker 1 pushed for the same key
+        def __init__(self, other):
+            self.other, self.stored = other, {}
+
+        def init(self, key, value):
+            self.stored[key] = value.copy()
+
+        def push(self, key, value):
+            self.stored[key] = value + self.other
+
+        def pull(self, key, out):
+            out[:] = self.stored[key]
+
+    # worker 1: loss sum 30, correct 40, 50 examples, 7 s; this worker (rank 0): 10, 20, 60, 3 s
+    updater = GluonUpdater.__new__(GluonUpdater)
+    updater.sync, updater.workers, updater.rank, updater.all_params = True, 2, 0, []
+    updater._stats_ready = False
+    updater.kv = TwoWorkerServer(mx.nd.array([30, 40, 50, 0, 7], dtype="float64"))
+    totals, count, seconds = updater.end_epoch([10.0, 20.0], 60, 3.0)
+    assert (totals, count, seconds) == ([40.0, 60.0], 110, 7.0)
 
 
 def test_a_corpus_is_not_sharded_yet(workspace):
@@ -229,6 +260,7 @@ def test_two_workers_train_one_run_like_one_process_with_their_total_batch(works
     tags = run.data.tags
     assert (tags["mxlab.workers"], tags["mxlab.servers"], tags["mxlab.hosts"]) == ("2", "1", "127.0.0.1")
     assert tags["mxlab.workers_identical"] == "true"
+    assert tags["mlflow.note.content"].startswith("mxlab launch lenet -n 2 --json")   # the notes: the launcher's
     assert {a.path for a in c.list_artifacts(run.info.run_id)} >= {"spec.yaml", "params", "checkpoint"}
 
     alone = mxlab.run("lenet", [*LEARNS, "data.batch_size=128"], track=False, progress=False)
@@ -236,17 +268,33 @@ def test_two_workers_train_one_run_like_one_process_with_their_total_batch(works
     assert result["metrics"]["test/acc"] > 0.7   # it learned: the comparison is not between two coin tosses
 
 
-def _started_and_training(job: Job) -> tuple[dict, set[str]]:
-    """Every process of the job, and every address they listen on, once both workers train."""
-    job.wait_for(r"\[worker \d\] epoch 1/", timeout=150)
+def _started_and_training(job: Job, store: Path | None = None) -> tuple[dict, set[str]]:
+    """Every process of the job, and every address they listen on, once both workers train: their first epoch
+    printed, or with --json (no progress) logged in ``store``."""
+    if store is None:
+        job.wait_for(r"\[worker \d\] epoch 1/", timeout=150)
+    else:
+        job.wait_for(r"joined the job as rank 1", timeout=150)
+        deadline = time.monotonic() + 150
+        while not (store.exists() and _logged_epochs(store)):
+            assert job.popen.poll() is None and time.monotonic() < deadline, "".join(job.lines)
+            time.sleep(0.2)
     started = job.started()
     return started, listening({pid for pid, _ in started.values()})
+
+
+def _logged_epochs(store: Path) -> int:
+    try:
+        with sqlite3.connect(store, timeout=5) as db:
+            return db.execute("SELECT count(*) FROM metrics WHERE key = 'train/loss'").fetchone()[0]
+    except sqlite3.OperationalError:   # the schema is still being created
+        return 0
 
 
 @pytest.mark.slow
 def test_a_killed_worker_fails_the_job_and_leaves_nothing_behind(workspace):
     job = Job("lenet", "-n", "2", "--json", "data.limit=2048", "data.batch_size=64", "train.epochs=200")
-    started, seen = _started_and_training(job)
+    started, seen = _started_and_training(job, workspace / "mlruns" / "mlflow.db")
     rank1 = job.wait_for(r"\[(worker \d)\] joined the job as rank 1", timeout=5).group(1)
     os.kill(started[rank1][0], signal.SIGKILL)
     killed_at = time.monotonic()
