@@ -344,8 +344,8 @@ def fit(spec, net, data, ctx_list: Sequence, callbacks: Sequence = (), start_epo
         epoch_start = time.perf_counter()
         metrics, count, seconds = train_epoch(state, task, loss_fn, callbacks)
         if not math.isfinite(metrics["train/loss"]):
-            raise NonFiniteLoss(f"epoch {epoch}: train/loss is {metrics['train/loss']}; lower train.lr "
-                                f"(now {spec.train.lr}) or set train.clip_gradient")
+            raise NonFiniteLoss(f"epoch {epoch}: train/loss is {metrics['train/loss']}; start a new run with a lower "
+                                f"train.lr (now {spec.train.lr}) or train.clip_gradient set (resume keeps both)")
         for split, loader in data.splits().items():
             if split != "train":
                 metrics.update(evaluate(net, loader, task, ctx_list, split))

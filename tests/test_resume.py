@@ -120,14 +120,17 @@ from mxlab.registry import models
 
 
 class Flaky(nn.Block):
-    """A softmax regression whose forward pass fails while a flag file exists: a crash mid-run."""
+    """A softmax regression that fails while a flag file exists: a crash mid-run, or (flag says nan) a NaN loss."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.out = nn.Dense(10)
 
     def forward(self, X):
-        if os.path.exists(os.environ["FLAKY_FLAG"]):
+        flag = os.environ["FLAKY_FLAG"]
+        if os.path.exists(flag):
+            if open(flag).read() == "nan":
+                return self.out(X) * float("nan")
             raise RuntimeError("the data disk went away")
         return self.out(X)
 
@@ -138,7 +141,8 @@ def flaky(*, num_outputs: int = 10):
 '''
 
 
-def test_a_crash_fails_the_run_and_resume_finishes_it(workspace, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fault", ["crash", "nan"])
+def test_a_crash_fails_the_run_and_resume_finishes_it(workspace, tmp_path, monkeypatch, fault):
     folder = tmp_path / "own" / "experiments" / "flaky"
     folder.mkdir(parents=True)
     (folder / "experiment.yaml").write_text("model: {name: flaky}\ndata: {name: fashion_mnist}\n"
@@ -151,9 +155,11 @@ def test_a_crash_fails_the_run_and_resume_finishes_it(workspace, tmp_path, monke
     overrides = ["train.epochs=3", "data.limit=20000"]
     proc = start("run", "flaky", *overrides, "--json")
     run_id = wait_for_epoch(root, proc, 1)
-    flag.touch()
+    flag.write_text(fault)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "RuntimeError: the data disk went away" in err
+    failure = "RuntimeError: the data disk went away" if fault == "crash" else "train/loss is nan"
+    assert proc.returncode == 1 and failure in err, err
+    assert f"continue it with: mxlab run flaky --resume {run_id}" in err
     assert json.loads(out)["status"] == "FAILED" and run_row(root, run_id)["status"] == "FAILED"
     flag.unlink()
     resumed = subprocess.run([sys.executable, "-m", "mxlab.cli", "run", "flaky", "--resume", run_id, "--json"],

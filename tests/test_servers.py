@@ -156,10 +156,11 @@ def test_mxlab_ui_stops_its_whole_server_on_any_stop(workspace, sig):
 
 
 @pytest.mark.slow
-def test_the_dashboard_refuses_foreign_host_headers_and_stops_on_sigterm(workspace):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: signal.Signals(s).name)
+def test_the_dashboard_refuses_foreign_host_headers_and_stops_on_any_stop(workspace, sig):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mxlab.cli", "dashboard", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
     try:
         wait_until_answers(f"http://127.0.0.1:{port}/", proc)
         for host, expected in ((f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200),
@@ -171,9 +172,10 @@ def test_the_dashboard_refuses_foreign_host_headers_and_stops_on_sigterm(workspa
             except urllib.error.HTTPError as err:
                 status = err.code
             assert status == expected, host
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
-        assert proc.returncode == 143 and not listening(port)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig and not listening(port), err
+        assert "Traceback" not in err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -119,7 +119,7 @@ def test_cli_reports_a_non_finite_loss_in_one_line(workspace):
     out = subprocess.run([sys.executable, "-m", "mxlab.cli", "run", "linreg_scratch", "train.lr=1e6"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
-    assert "Traceback" not in out.stderr and "train/loss is" in out.stderr and "lower train.lr" in out.stderr
+    assert "Traceback" not in out.stderr and "train/loss is" in out.stderr and "a lower train.lr" in out.stderr
 
 
 def test_non_finite_loss_fails_the_run(workspace):
