@@ -243,3 +243,57 @@ def test_a_killed_worker_s_trial_is_failed_and_retried(cluster):
         retry_run = [r for r in runs if r.data.tags["mxlab.trial"] == str(retries[0].number)]
         assert retry_run[0].data.tags["mxlab.retry_of"] == str(victim)
     assert c.get_run(result["parent_run_id"]).info.status == "FINISHED"
+
+
+def test_a_stopped_study_on_postgresql_loses_nothing(cluster, monkeypatch):
+    # The storage typed on the command line this time: its password must reach no tag or note either.
+    monkeypatch.delenv("MXLAB_OPTUNA_STORAGE")
+    args = _tune("--trials", "4", "--study", "stopped", "--storage", cluster, "train.epochs=4", *QUICK)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and time.monotonic() < deadline:   # stop it mid-trial
+            time.sleep(0.2)
+            try:
+                trials = _study(cluster, "stopped").get_trials(deepcopy=False)
+            except KeyError:
+                continue
+            if any(t.state.name == "RUNNING" and t.intermediate_values for t in trials):
+                break
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    stopped = json.loads(stdout)
+    assert stopped["status"] == "KILLED"
+
+    def nothing_running():
+        trials = _study(cluster, "stopped").get_trials(deepcopy=False)
+        assert not [t.number for t in trials if t.state.name == "RUNNING"]
+        from mlflow.tracking import MlflowClient
+
+        c = MlflowClient()
+        runs = c.search_runs([c.get_experiment_by_name("lenet").experiment_id])
+        assert "RUNNING" not in {r.info.status for r in runs}
+        assert not [r.info.run_id for r in runs if any(PASSWORD in v for v in r.data.tags.values())]
+        return trials, runs
+
+    trials, runs = nothing_running()
+    interrupted = [t.number for t in trials if t.state.name == "FAIL"]
+    assert interrupted
+    again = subprocess.run(_tune("--trials", "1", "--study", "stopped", "--storage", cluster, "train.epochs=4",
+                                 *QUICK), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials, runs = nothing_running()
+    # Each interrupted trial queued again with its parameters, to continue its own MLflow run; the rerun's one
+    # trial took the first of them.
+    assert _study(cluster, "stopped").user_attrs["mxlab.retried"] == interrupted
+    retries = [t for t in trials if "mxlab.resume_run" in t.user_attrs]
+    assert len(retries) == len(interrupted) and "COMPLETE" in {t.state.name for t in retries}
+    params = sorted(json.dumps(trials[n].params, sort_keys=True) for n in interrupted)
+    assert sorted(json.dumps(t.params or trials[t.user_attrs["mxlab.trial"]].params, sort_keys=True)
+                  for t in retries) == params
+    parents = [r for r in runs if r.data.tags.get("mxlab.role") == "study"]
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]
