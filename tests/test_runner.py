@@ -17,6 +17,8 @@ from tests.conftest import REPO
 
 # Recorded with a fixed seed (the specs' own, 42) before the runner moved out of tracking: the reorganisation
 # must not change a single number. linreg is the book's full 3 epochs; softmax is 2 epochs on 5,000 images.
+# Their source: the code before the move (commit e859374, the parent of the move), `mxlab run linreg --json` and
+# `mxlab run softmax train.epochs=2 data.limit=5000 --json`; that commit, run again, gives these to every digit.
 GOLDEN = {
     "linreg": ({}, {"train/loss": 6.884749233722687e-05, "l2_norm_w": 3.9438912868499756}),
     "softmax": ({"train.epochs": 2, "data.limit": 5000},

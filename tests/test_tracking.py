@@ -62,6 +62,9 @@ def test_run_is_recorded(workspace, name):
     assert len(inputs["training"].digest) == 16 and json.loads(inputs["training"].profile)
     if spec.data.val_fraction:
         assert "validation" in inputs
+    if spec.data.name == "fashion_mnist":   # the test split too, and where the files were read
+        assert inputs["test"].name == "fashion_mnist-test" and inputs["test"].digest != inputs["training"].digest
+        assert json.loads(inputs["training"].source)
 
     assert run.data.params == {k: str(v) for k, v in spec.flat().items()}
     tags = run.data.tags
