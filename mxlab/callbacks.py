@@ -42,7 +42,10 @@ class Checkpoint(Callback):
     # What --resume needs of a run after every epoch; best.params only once the monitored metric exists.
     RESUME_FILES = ("last.json", "last.params", "last.states", "best.params")
 
-    def __init__(self, folder: Path, monitor: str | None = None, mode: str = "maximize"):
+    def __init__(self, folder: Path, monitor: str | None = None, mode: str | None = None):
+        """``monitor`` and ``mode`` (the task's direction for it) choose best.params; without them there is none."""
+        if monitor is not None and mode not in ("maximize", "minimize"):
+            raise ValueError(f"Checkpoint(monitor={monitor!r}): mode {mode!r}; allowed: maximize or minimize")
         self.folder = Path(folder)
         self.monitor, self.mode = monitor, mode
         self.best = None
@@ -95,7 +98,7 @@ class EarlyStopping(Callback):
     The fit loop ends after the epoch that asked for it, so that epoch is recorded and checkpointed like any.
     """
 
-    def __init__(self, metric: str, patience: int, min_delta: float = 0.0, mode: str = "maximize"):
+    def __init__(self, metric: str, patience: int, min_delta: float, mode: str):
         self.metric, self.patience, self.min_delta, self.mode = metric, patience, min_delta, mode
         self.best, self.stale = None, 0
         self.reason: str | None = None
