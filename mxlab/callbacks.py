@@ -56,7 +56,8 @@ class Checkpoint(Callback):
             write(str(tmp))
         except Exception as exc:   # MXNet's writer fails with its C++ stack; its last line says why
             tmp.unlink(missing_ok=True)
-            reason = str(exc).strip().splitlines()[-1].removeprefix("MXNetError: ") if str(exc).strip() else exc
+            text = str(exc).strip()
+            reason = text.splitlines()[-1].removeprefix("MXNetError: ") if text else type(exc).__name__
             raise OSError(f"cannot write the checkpoint {self.folder / name}: {reason}") from None
         os.replace(tmp, self.folder / name)
 

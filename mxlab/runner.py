@@ -114,8 +114,8 @@ def _run_to_resume(c, name: str, run_ref: str):
     try:
         run = c.get_run(run_ref)
     except MlflowException:
-        raise SpecError(f"--resume {run_ref}: no such run in {workspace.redact(tracking.tracking_uri())}; allowed: the id of a run "
-                        f"of {name!r}, or last") from None
+        raise SpecError(f"--resume {run_ref}: no such run in {workspace.redact(tracking.tracking_uri())}; allowed: "
+                        f"the id of a run of {name!r}, or last") from None
     if run.data.tags.get("mxlab.experiment") != name:
         raise SpecError(f"--resume {run_ref}: that run belongs to experiment "
                         f"{run.data.tags.get('mxlab.experiment', '(not an mxlab run)')!r}, not {name!r}")

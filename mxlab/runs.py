@@ -67,8 +67,8 @@ def get_run(c, run_id: str):
     try:
         return c.get_run(run_id)
     except MlflowException:
-        raise ValueError(f"run {run_id!r} is not in {redact(c.tracking_uri)}; allowed: a run id from `mxlab runs NAME`") \
-            from None
+        raise ValueError(f"run {run_id!r} is not in {redact(c.tracking_uri)}; allowed: a run id from "
+                         f"`mxlab runs NAME`") from None
 
 
 def artifact_paths(c, run_id: str, path: str | None = None) -> list[str]:

@@ -71,7 +71,8 @@ class ArrayLoader:
         """
         X, y = self.X.asnumpy()[rank::workers], self.y.asnumpy()[rank::workers]
         part = ArrayLoader(X, y, self.batch_size, self.ctx, self.shuffle, self.transform)
-        part.steps = min(-(-(-(-self.num_examples // workers)) // self.batch_size), self.num_examples // workers)
+        largest = -(-self.num_examples // workers)   # ceil(n / workers) examples
+        part.steps = min(-(-largest // self.batch_size), self.num_examples // workers)   # batch 1: the smallest's
         return part
 
     def __iter__(self) -> Iterator:
