@@ -106,6 +106,18 @@ def meets_book_code(ours: dict, book_code: dict, keys=SHOWN) -> str:
     return "yes" if ours[key] <= book_code[key] * 1.01 else "no"
 
 
+def difference(ours: dict, book_code: dict, keys=SHOWN) -> str:
+    """mxlab's mean minus the book's code's on the primary metric, with the standard error of that difference
+    over the seeds: a verdict decided by less than one standard error says as much about the seeds as the code."""
+    key = primary(book_code["metrics"], keys)
+    mine = [m[key] for m in ours.get("per_seed") or [] if key in m]
+    theirs = [m[key] for m in book_code.get("per_seed") or [] if key in m]
+    if len(mine) < 2 or len(theirs) < 2:
+        return ""
+    error = (statistics.variance(mine) / len(mine) + statistics.variance(theirs) / len(theirs)) ** 0.5
+    return f" ({statistics.mean(mine) - statistics.mean(theirs):+.2g}, s.e. {error:.2g})"
+
+
 def seed_list(spec, seeds: int, first_seed: int | None) -> list[int]:
     first = spec.train.seed if first_seed is None else first_seed
     return [first + offset for offset in range(seeds)]
@@ -207,7 +219,8 @@ on the chapter's own synthetic draw. **mxlab**: `mxlab reproduce` with the book'
 ± sample standard deviation of the first metric over n seeds (the same seed numbers for both); the other
 metrics are means. The verdict compares mxlab with the book's code here, on the same machine and data: test
 accuracy within 0.01 below it or better; perplexity within 1% above it or better (the recurrent rows' book code
-stops at the compared epoch). Linear regression's loss gets no verdict: the book prints it over all examples
+stops at the compared epoch). Beside it, mxlab's mean minus the book's code's, and the standard error of that
+difference over the seeds: at the book's high learning rates one seed's last epoch moves by a few points. Linear regression's loss gets no verdict: the book prints it over all examples
 after the epoch, mxlab averages the epoch's batches. The printed numbers are single 2019 GPU runs, which the
 book's own code does not reach here either. `mxlab reproduce --code both --seeds 5 --first-seed 1` rewrites
 this file from `results.json`; rows not run say so: no number is invented. "-": no book code for the row.
@@ -231,7 +244,8 @@ def render(results: dict) -> str:
         ours = got if got.get("metrics") else None
         cells = [summary(code, keys) if code else "not run" if has_book_code(row.key) else "-",
                  summary(ours, keys) if ours else "not run on this machine",
-                 meets_book_code(ours["metrics"], code["metrics"], keys) if ours and code else "",
+                 meets_book_code(ours["metrics"], code["metrics"], keys) + difference(ours, code, keys)
+                 if ours and code and meets_book_code(ours["metrics"], code["metrics"], keys) else "",
                  ours["device"] if ours else "", _fmt(ours["seconds_per_epoch"]) if ours else "",
                  _fmt(code["seconds_per_epoch"]) if code else "", _fmt(row.book_seconds), row.note]
         lines.append(f"| {row.key} | {book} | " + " | ".join(cells) + " |")
