@@ -86,6 +86,69 @@ def screenshot(url: str, path) -> bytes:
     return data
 
 
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (it reads fd 3, writes fd 4: JSON messages
+    ending in NUL), so a test can click before it takes a picture; no websocket library needed."""
+
+    def __init__(self, profile: str, width: int = 1400, height: int = 900):
+        to_chrome, self._in = os.pipe()
+        self._out, from_chrome = os.pipe()
+
+        def on_fds_3_and_4():
+            a, b = os.dup(to_chrome), os.dup(from_chrome)   # out of the way of 3 and 4 first
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        self.proc = subprocess.Popen(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
+            pass_fds=(3, 4), preexec_fn=on_fds_3_and_4, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_chrome)
+        os.close(from_chrome)
+        self._buffer, self._id, self._session = b"", 0, None
+        target = self.send("Target.createTarget", url="about:blank")["targetId"]
+        self._session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+
+    def send(self, method: str, **params) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params}
+        if self._session:
+            message["sessionId"] = self._session
+        os.write(self._in, json.dumps(message).encode() + b"\0")
+        while True:   # events arrive in between: skip to our reply
+            while b"\0" not in self._buffer:
+                chunk = os.read(self._out, 1 << 20)
+                assert chunk, "chromium closed its DevTools pipe"
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._id:
+                assert "error" not in reply, reply["error"]
+                return reply.get("result", {})
+
+    def js(self, expression: str):
+        return self.send("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.js(expression):
+            assert time.monotonic() < deadline, f"not within {timeout} s: {expression}"
+            time.sleep(0.3)
+
+    def png(self) -> bytes:
+        import base64
+
+        return base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"])
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        os.close(self._in)
+        os.close(self._out)
+
+
 def serve(command: list[str], url: str):
     proc = subprocess.Popen([sys.executable, "-m", "mxlab.cli", *command], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -110,9 +173,26 @@ def test_screenshots_of_a_study_in_the_mlflow_ui_and_in_optuna_dashboard(workspa
     ui = serve(["ui", "--port", str(port)], f"http://127.0.0.1:{port}/health")
     try:
         exp_id = tracking.client().get_experiment_by_name("softmax").experiment_id
-        url = f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"
-        shots["mlflow-study.png"] = screenshot(url, tmp_path / "mlflow-study.png")
-        assert "study-softmax" in render(url)
+        with tempfile.TemporaryDirectory() as profile:
+            browser = Browser(profile)
+            try:
+                browser.send("Page.navigate", url=f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs")
+                browser.wait_for("document.body.innerText.includes('study-softmax')")
+                # Open the study's row to show its trials (the first button of the row is its expander), and
+                # close the assistant panel MLflow opens beside the table.
+                assert browser.js("""(() => {
+                    const rows = [...document.querySelectorAll('[role=row]')];
+                    const expander = rows.find(r => r.innerText.includes('study-softmax'))?.querySelector('button');
+                    if (expander) expander.click();
+                    const buttons = [...document.querySelectorAll('button')];
+                    buttons.find(b => b.getAttribute('aria-label') === 'Close')?.click();
+                    return Boolean(expander); })()""")
+                browser.wait_for("(document.body.innerText.match(/trial-\\d+/g) || []).length === 4")
+                time.sleep(1)   # the row icons settle
+                shots["mlflow-study.png"] = browser.png()
+            finally:
+                browser.close()
+        assert shots["mlflow-study.png"][:8] == b"\x89PNG\r\n\x1a\n" and len(shots["mlflow-study.png"]) > 20_000
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
