@@ -104,7 +104,7 @@ def test_shards_are_disjoint_cover_the_split_and_step_together(n, workers, batch
     assert len({len(s) for s in shards}) == 1   # as many steps on every worker
     batches = [[xb.asnumpy()[:, 0] for xb, _ in s] for s in shards]
     assert all(len(b) == len(s) for b, s in zip(batches, shards))
-    assert min(len(xb) for shard in batches for xb in shard) >= min(batch // 2, n // workers, 1)
+    assert min(len(xb) for shard in batches for xb in shard) >= min(batch // 2, n // workers)   # no tiny batch
     union = np.concatenate([xb for shard in batches for xb in shard])
     assert len(set(union)) == len(union)   # disjoint
     # Every example each epoch; with batches of one, a larger shard cannot take an extra step alone.
