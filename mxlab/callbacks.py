@@ -12,6 +12,8 @@ import math
 import os
 from pathlib import Path
 
+from mxlab.devices import mxnet_reason
+
 
 class Callback:
     """Every hook is optional; ``state`` is :class:`mxlab.train.FitState`."""
@@ -54,11 +56,9 @@ class Checkpoint(Callback):
         tmp = self.folder / f".{name}.tmp"
         try:
             write(str(tmp))
-        except Exception as exc:   # MXNet's writer fails with its C++ stack; its last line says why
+        except Exception as exc:   # MXNet's writer: a full disk reads as "FileStream.Write incomplete"
             tmp.unlink(missing_ok=True)
-            text = str(exc).strip()
-            reason = text.splitlines()[-1].removeprefix("MXNetError: ") if text else type(exc).__name__
-            raise OSError(f"cannot write the checkpoint {self.folder / name}: {reason}") from None
+            raise OSError(f"cannot write the checkpoint {self.folder / name}: {mxnet_reason(exc)}") from None
         os.replace(tmp, self.folder / name)
 
     def on_fit_begin(self, state):

@@ -66,6 +66,12 @@ def preload_cuda(search_dirs: list[Path] | None = None, loader=None) -> list[str
 _IMPORTED = False
 
 
+def mxnet_reason(exc: BaseException) -> str:
+    """Why an MXNet call failed: its errors carry the C++ stack, and the last line says why."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    return lines[-1].removeprefix("MXNetError: ")
+
+
 def import_mxnet():
     """``import mxnet`` for every mxlab module: first the compatibility layer (what newer numpy and Python
     removed, see :mod:`mxlab.compat`), then the CUDA runtime when the GPU build is installed."""

@@ -220,9 +220,10 @@ on the chapter's own synthetic draw. **mxlab**: `mxlab reproduce` with the book'
 metrics are means. The verdict compares mxlab with the book's code here, on the same machine and data: test
 accuracy within 0.01 below it or better; perplexity within 1% above it or better (the recurrent rows' book code
 stops at the compared epoch). Beside it, mxlab's mean minus the book's code's, and the standard error of that
-difference over the seeds: at the book's high learning rates one seed's last epoch moves by a few points. Linear regression's loss gets no verdict: the book prints it over all examples
-after the epoch, mxlab averages the epoch's batches. The printed numbers are single 2019 GPU runs, which the
-book's own code does not reach here either. `mxlab reproduce --code both --seeds 5 --first-seed 1` rewrites
+difference over the seeds: at the book's high learning rates one seed's last epoch moves by a few points.
+Linear regression's loss gets no verdict: the book prints it over all examples after the epoch, mxlab averages
+the epoch's batches. The printed numbers are single 2019 GPU runs, which the book's own code does not reach
+here either. `mxlab reproduce --code both --seeds 5 --first-seed 1` rewrites
 this file from `results.json`; rows not run say so: no number is invented. "-": no book code for the row.
 """
 
@@ -242,10 +243,10 @@ def render(results: dict) -> str:
         got = results.get(row.key) or {}
         code = got.get("book_code")
         ours = got if got.get("metrics") else None
+        verdict = meets_book_code(ours["metrics"], code["metrics"], keys) if ours and code else ""
         cells = [summary(code, keys) if code else "not run" if has_book_code(row.key) else "-",
                  summary(ours, keys) if ours else "not run on this machine",
-                 meets_book_code(ours["metrics"], code["metrics"], keys) + difference(ours, code, keys)
-                 if ours and code and meets_book_code(ours["metrics"], code["metrics"], keys) else "",
+                 verdict + difference(ours, code, keys) if verdict else "",
                  ours["device"] if ours else "", _fmt(ours["seconds_per_epoch"]) if ours else "",
                  _fmt(code["seconds_per_epoch"]) if code else "", _fmt(row.book_seconds), row.note]
         lines.append(f"| {row.key} | {book} | " + " | ".join(cells) + " |")

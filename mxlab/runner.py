@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from mxlab import console, workspace
 from mxlab.callbacks import STATES_ORDER, Callback, Checkpoint, EarlyStopping, TextSampler
 from mxlab.console import ConsoleProgress
+from mxlab.devices import mxnet_reason
 from mxlab.coerce import SpecError
 from mxlab.interrupts import stops_as_exceptions
 from mxlab.spec import Spec, dump_yaml, from_dict, read_yaml
@@ -252,10 +253,9 @@ class _Training:
             self.net.load_parameters(str(folder / "last.params"), ctx=self.ctx_list)
         except (AssertionError, ValueError) as exc:   # Gluon reports a shape or name mismatch with assert
             raise CheckpointError(f"checkpoint/last.params does not fit this network: {exc}") from None
-        except Exception as exc:   # MXNetError for a truncated or foreign file; its last line says why
-            lines = [line for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+        except Exception as exc:   # MXNetError for a truncated or foreign file
             raise CheckpointError(f"checkpoint/last.params cannot be read (truncated or not an MXNet params "
-                                  f"file): {lines[-1].removeprefix('MXNetError: ')}") from None
+                                  f"file): {mxnet_reason(exc)}") from None
         self.updater = make_updater(self.net, self.spec.train, self.ctx_list)
         self.updater.load_states(str(folder / "last.states"))   # its SHA-256 was checked by resume
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)

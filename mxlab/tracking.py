@@ -137,7 +137,8 @@ def client(root: Path | None = None):
         c = MlflowClient(uri)
     else:   # a database server: MLflow would retry a refused connection ten times, for about two minutes
         uri = workspace.driver_url(uri)
-        _probe_database(uri)
+        if uri not in _SWEPT:   # once a process, with its first client
+            _probe_database(uri)
         c = MlflowClient(uri)
     if uri not in _SWEPT:
         _SWEPT.add(uri)
