@@ -5,6 +5,7 @@ On a loaded machine wall time stretches with the load, so each figure also comes
 """
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -19,15 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 MXLAB = [sys.executable, "-m", "mxlab.cli"]
 
 
-def timed(command: list[str], env: dict) -> dict:
-    """Wall and CPU seconds (the command and its children) of one command."""
+def timed(command: list[str], env: dict, timeout: float = 900, keep_stdout: bool = False) -> dict:
+    """Wall and CPU seconds (the command and its children) of one command; its standard output if asked."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True, timeout=900)
+    out = subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_seconds": wall, "cpu_seconds": cpu}
+    return {"wall_seconds": wall, "cpu_seconds": cpu, **({"stdout": out.stdout} if keep_stdout else {})}
 
 
 def store_env(tmp: str) -> dict:
@@ -57,6 +58,24 @@ def study(tmp: str, trials: int) -> dict:
     per_trial = (many["wall_seconds"] - one["wall_seconds"]) / trials
     return {"trials": trials, "one_trial": one, f"{trials + 1}_trials": many, "wall_seconds_per_trial": per_trial,
             "cpu_seconds_per_trial": (many["cpu_seconds"] - one["cpu_seconds"]) / trials}
+
+
+def pruning(tmp: str, trials: int, limit: int) -> dict:
+    """What the median pruner saves: two ``trials``-trial `mxlab tune lenet` studies at the book's budget (the
+    spec's 5 epochs, batch 256, 10% of the training split held out), the same sampler seed, with the median
+    pruner and without; the time of the first over the second, and both best values (val/acc).
+    ``limit`` caps the training images (0: the whole split)."""
+    env = store_env(tmp)
+    common = ["--trials", str(trials), "--seed", "0", "--json", *([f"data.limit={limit}"] if limit else [])]
+    out = {"trials": trials, "limit": limit or None}
+    for pruner in ("median", "none"):
+        got = timed([*MXLAB, "tune", "lenet", "--study", f"lenet-{pruner}", "--pruner", pruner, *common], env,
+                    timeout=4 * 3600, keep_stdout=True)
+        study = json.loads(got.pop("stdout").strip().splitlines()[-1])
+        out[pruner] = {**got, "best_value": study["best_value"], "states": study["states"]}
+    out["time_pruned_over_unpruned"] = out["median"]["wall_seconds"] / out["none"]["wall_seconds"]
+    out["best_value_difference"] = out["median"]["best_value"] - out["none"]["best_value"]
+    return out
 
 
 def _tree_rss_mb(pid: int) -> float:
@@ -102,13 +121,15 @@ def ui(tmp: str, port: int = 5987, settle: float = 5.0) -> dict:
     return {"seconds_to_answer": answered, "tree_rss_mb": rss, "processes": processes}
 
 
-def measure(study_trials: int, with_ui: bool) -> dict:
+def measure(study_trials: int, with_ui: bool, pruning_trials: int = 0, pruning_limit: int = 0) -> dict:
     with tempfile.TemporaryDirectory(prefix="mxlab-bench-") as tmp:
         out = run_and_list(tmp)
         if study_trials:
             out["study"] = study(tmp, study_trials)
         if with_ui:
             out["ui"] = ui(tmp)
+        if pruning_trials:
+            out["pruning"] = pruning(tmp, pruning_trials, pruning_limit)
     unit = out["import_mxnet"]["wall_seconds"]
     for key in ("list", "run_linreg"):
         out[key]["in_import_mxnet_units"] = out[key]["wall_seconds"] / unit

@@ -1,5 +1,6 @@
 """`make bench`: mxlab's training path against the book's loop and PyTorch eager, side by side, as ratios; then the
-fixed costs (a whole `mxlab run`, `mxlab list`, a study's cost per trial, `mxlab ui`). Writes results.json.
+fixed costs (a whole `mxlab run`, `mxlab list`, a study's cost per trial, `mxlab ui`) and what the median pruner
+saves a 20-trial lenet study. Writes results.json.
 
 Each contender runs in a fresh process (so peak memory is its own) on the same data, network, batch, optimizer,
 seed and threads (see ``contenders.py``). The machine is shared, so contenders run in rounds, in a rotated
@@ -101,6 +102,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the contenders")
     parser.add_argument("--study-trials", type=int, default=5, help="trials for the per-trial cost (0: skip)")
     parser.add_argument("--no-ui", action="store_true", help="skip timing `mxlab ui`")
+    parser.add_argument("--pruning-trials", type=int, default=20,
+                        help="trials of each lenet study, median pruner against none (0: skip; about 25 minutes)")
+    parser.add_argument("--pruning-limit", type=int, default=0,
+                        help="training images of those studies (default 0: the whole split, the book's budget)")
     parser.add_argument("--output", default=str(HERE / "results.json"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,7 +128,7 @@ def main() -> int:
         print(f"ResNet-18 at 28x28, {args.resnet_limit} images, batch 256")
         resnet = rounds(RESNET_KINDS, args.resnet_limit, args.epochs, args.repeats)
     print("fixed costs (throwaway stores)")
-    costs = fixed.measure(args.study_trials, not args.no_ui)
+    costs = fixed.measure(args.study_trials, not args.no_ui, args.pruning_trials, args.pruning_limit)
     figures = {
         "lenet_mxlab_over_book": ratio(lenet, "mxlab", "book"),
         "lenet_mxlab_over_torch": ratio(lenet, "mxlab", "torch"),
@@ -145,6 +150,9 @@ def main() -> int:
     if "ui" in costs:
         figures["ui_tree_rss_mb"] = costs["ui"]["tree_rss_mb"]
         figures["ui_seconds_to_answer"] = costs["ui"]["seconds_to_answer"]
+    if "pruning" in costs:
+        figures["lenet_study_time_pruned_over_unpruned"] = costs["pruning"]["time_pruned_over_unpruned"]
+        figures["lenet_study_best_value_pruned_minus_unpruned"] = costs["pruning"]["best_value_difference"]
     print("figures (ratios: median over rounds)")
     for key, value in figures.items():
         shown = value.get("median") if isinstance(value, dict) else value
