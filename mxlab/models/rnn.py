@@ -118,7 +118,8 @@ def gluon_rnn(kind: str, vocab_size: Optional[int], num_hiddens: int, num_layers
 @models.register("gru", kind="gru")
 @models.register("lstm", kind="lstm")
 def rnn_model(*, kind: str, vocab_size: Optional[int] = None, num_hiddens: int = 256, num_layers: int = 1):
-    """``rnn`` (tanh ``rnn.RNN``), ``gru`` (``rnn.GRU``) or ``lstm`` (``rnn.LSTM``) + ``Dense(vocab_size)``."""
+    """``rnn`` (``rnn.RNN``, relu: Gluon's default, as the book leaves it), ``gru`` (``rnn.GRU``) or ``lstm``
+    (``rnn.LSTM``), then ``Dense(vocab_size)``."""
     return gluon_rnn(kind, vocab_size, num_hiddens, num_layers)
 
 
