@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -103,7 +104,8 @@ class Browser:
             ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
-            pass_fds=(3, 4), preexec_fn=on_fds_3_and_4, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            pass_fds=(3, 4), preexec_fn=on_fds_3_and_4, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
         os.close(to_chrome)
         os.close(from_chrome)
         self._buffer, self._id, self._session = b"", 0, None
@@ -143,10 +145,41 @@ class Browser:
         return base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"])
 
     def close(self) -> None:
-        self.proc.kill()
+        """Chromium and every helper process of it gone: they write into the profile until they exit, and a kill
+        of the browser process alone once left a helper writing there while the profile was being removed."""
+        self._session = None
+        try:
+            self.send("Browser.close")
+        except AssertionError:   # it may close the pipe before it answers
+            pass
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 30
+        while live_in_group(self.proc.pid):
+            assert time.monotonic() < deadline, f"chromium's processes outlived 30 s: {live_in_group(self.proc.pid)}"
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            time.sleep(0.1)
         self.proc.wait(timeout=30)
         os.close(self._in)
         os.close(self._out)
+
+
+def live_in_group(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that have not exited (zombies aside), read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and int(group) == pgid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def serve(command: list[str], url: str):
