@@ -78,7 +78,7 @@ def pruning(tmp: str, trials: int, limit: int) -> dict:
     return out
 
 
-def _tree_rss_mb(pid: int) -> float:
+def _tree_rss_mb(pid: int) -> tuple[float, int]:
     import psutil
 
     try:
