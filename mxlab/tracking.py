@@ -356,11 +356,15 @@ def unfinished_runs(c, experiment: str) -> list:
             and not (r.info.status == "RUNNING" and owner_alive(r.data.tags) is not False)]
 
 
+def has_artifact(c, run_id: str, path: str) -> bool:
+    return path in {a.path for a in c.list_artifacts(run_id, path.rpartition("/")[0] or None)}
+
+
 def download(c, run_id: str, path: str, dst: Path) -> Path | None:
     """One artifact of a run into ``dst``, or None when the run has none at ``path``."""
-    folder = path.rpartition("/")[0]
-    if path not in {a.path for a in c.list_artifacts(run_id, folder or None)}:
+    if not has_artifact(c, run_id, path):
         return None
+    folder = path.rpartition("/")[0]
     target = dst / folder   # MLflow writes the file itself into the folder given, not its artifact path
     target.mkdir(parents=True, exist_ok=True)
     return Path(c.download_artifacts(run_id, path, str(target)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -249,8 +250,13 @@ def test_a_stopped_study_loses_nothing_and_retries_the_trial_from_its_checkpoint
         parent = query(workspace, "SELECT r.status, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
                                   "WHERE t.key = 'mlflow.note.content' AND r.name LIKE 'study-%'")
         assert parent == [("KILLED", shlex.join(["mxlab", *args]))], parent   # its notes: the command, typed again
-    if sig in (signal.SIGINT, signal.SIGHUP):   # the same closing path as SIGTERM: the retry is tested there
+    if sig == signal.SIGINT:   # the same closing path as SIGTERM: the retry is tested there
         return
+    if sig == signal.SIGHUP:
+        # As if stopped before its trial began training (with several workers, one may be stopped there while
+        # another is mid-epoch): its run holds no spec.yaml, so the retry has nothing to continue.
+        uri, = query(workspace, "SELECT artifact_uri FROM runs WHERE run_uuid = ?", trial_run)[0]
+        shutil.rmtree(uri.removeprefix("file://"))
 
     again = subprocess.run([sys.executable, "-m", "mxlab.cli", *args, "--json"], capture_output=True, text=True,
                            timeout=600)
@@ -258,6 +264,11 @@ def test_a_stopped_study_loses_nothing_and_retries_the_trial_from_its_checkpoint
     state = tune_state(workspace, "lenet")
     assert "RUNNING" not in [s for _, s in state["trials"]] and "RUNNING" not in state["runs"]
     assert state["trials"][0] == (0, "FAIL") and (1, "COMPLETE") in state["trials"]
-    row = run_row(workspace, trial_run)   # the retry went on in the interrupted trial's own run
-    assert row["status"] == "FINISHED" and row["steps"] == [1, 2, 3]
+    row = run_row(workspace, trial_run)
+    if sig == signal.SIGHUP:   # the retry trained a run of its own; the stopped one stays as it was left
+        assert row["status"] == "KILLED" and row["steps"] == [1] and row["tags"]["optuna.state"] == "FAIL"
+        assert "stopped before it trained; starting afresh" in again.stderr
+        [(retry_run,)] = query(workspace, "SELECT run_uuid FROM tags WHERE key = 'mxlab.trial' AND value = '1'")
+        row = run_row(workspace, retry_run)
+    assert row["status"] == "FINISHED" and row["steps"] == [1, 2, 3]   # else: went on in the trial's own run
     assert row["tags"]["mxlab.trial"] == "1" and row["tags"]["mxlab.retry_of"] == "0"

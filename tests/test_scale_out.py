@@ -265,6 +265,7 @@ def test_a_stopped_study_on_postgresql_loses_nothing(cluster, monkeypatch):
     finally:
         if proc.poll() is None:
             proc.kill()
+    print("the stopped tune's stderr:", stderr, sep="\n")   # pytest shows it if anything below fails
     assert proc.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
     stopped = json.loads(stdout)
     assert stopped["status"] == "KILLED"
@@ -286,6 +287,7 @@ def test_a_stopped_study_on_postgresql_loses_nothing(cluster, monkeypatch):
     assert interrupted
     again = subprocess.run(_tune("--trials", "1", "--study", "stopped", "--storage", cluster, "train.epochs=4",
                                  *QUICK), capture_output=True, text=True, timeout=300)
+    print("the rerun's stderr:", again.stderr, sep="\n")
     assert again.returncode == 0, again.stderr[-3000:]
     trials, runs = nothing_running()
     # Each interrupted trial queued again with its parameters, to continue its own MLflow run; the rerun's one

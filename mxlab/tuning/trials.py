@@ -168,7 +168,7 @@ class Objective:
         import optuna
 
         from mxlab.runner import run
-        from mxlab.tracking import client, experiment_id, set_tags
+        from mxlab.tracking import client, experiment_id, has_artifact, set_tags
 
         # A retried trial arrives with its original's attributes: remember which trial it repeats.
         retry_of = trial.user_attrs.get("mxlab.trial")
@@ -196,6 +196,12 @@ class Objective:
         pruner = OptunaPruner(trial, spec.search.metric)
         try:
             earlier = trial.user_attrs.get(RESUME_RUN)
+            if earlier and not has_artifact(c, earlier, "spec.yaml"):
+                # Its worker stopped before training began: there is nothing to continue, so the retry trains a
+                # run of its own (tagged mxlab.retry_of); the earlier run stays KILLED.
+                log(f"trial {trial.number}: run {earlier} of trial {retry_of} stopped before it trained; starting "
+                    f"afresh")
+                earlier = None
             if earlier:   # an interrupted trial's retry goes on in the same run, under this trial's number
                 from mxlab.runner import resume
 
