@@ -22,8 +22,8 @@ from typing import Any, Sequence
 from mxlab import console, workspace
 from mxlab.callbacks import STATES_ORDER, Callback, Checkpoint, EarlyStopping, TextSampler
 from mxlab.console import ConsoleProgress
-from mxlab.devices import mxnet_reason
 from mxlab.coerce import SpecError
+from mxlab.devices import mxnet_reason
 from mxlab.interrupts import stops_as_exceptions
 from mxlab.spec import Spec, dump_yaml, from_dict, read_yaml
 

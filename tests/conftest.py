@@ -28,6 +28,19 @@ def as_from_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def live_processes() -> dict[int, tuple[int, int]]:
+    """``pid: (parent pid, process group)`` of every process that has not exited (zombies aside), from /proc."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:   # the command name, in parentheses, may hold spaces: the fields that follow come after its ")"
+            state, ppid, pgid = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError):   # it exited while being read
+            continue
+        if state != "Z":
+            found[int(stat.parent.name)] = (int(ppid), int(pgid))
+    return found
+
+
 def free_port() -> int:
     """A port nothing listens on now, on 127.0.0.1."""
     with socket.socket() as s:

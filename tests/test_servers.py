@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from mxlab import servers
-from tests.conftest import as_from_a_terminal, free_port
+from tests.conftest import as_from_a_terminal, free_port, live_processes
 
 
 def listening(port: int) -> bool:
@@ -37,29 +37,20 @@ def wait_until_answers(url: str, proc: subprocess.Popen, timeout: float = 120) -
 
 
 def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid``, read from /proc."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                parents.setdefault(int(fields[1]), []).append(int(entry))
+    """Every live process below ``pid``."""
+    children = {}
+    for child, (parent, _group) in live_processes().items():
+        children.setdefault(parent, []).append(child)
     found, todo = [], [pid]
     while todo:
-        for child in parents.get(todo.pop(), []):
+        for child in children.get(todo.pop(), []):
             found.append(child)
             todo.append(child)
     return found
 
 
 def alive(pid: int) -> bool:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return pid in live_processes()
 
 
 def test_the_ui_gets_the_store_through_its_environment_not_its_command_line(monkeypatch, tmp_path):

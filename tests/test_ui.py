@@ -10,13 +10,12 @@ import sys
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from mxlab import runner, tracking
 from mxlab.spec import load_spec
-from tests.conftest import free_port, post_json_until_answered
+from tests.conftest import free_port, live_processes, post_json_until_answered
 
 pytestmark = pytest.mark.slow   # servers and a browser: `make test`, not test-fast
 
@@ -170,16 +169,7 @@ class Browser:
 
 
 def live_in_group(pgid: int) -> list[int]:
-    """The processes of group ``pgid`` that have not exited (zombies aside), read from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, IndexError):
-            continue
-        if state != "Z" and int(group) == pgid:
-            found.append(int(stat.parent.name))
-    return found
+    return [pid for pid, (_parent, group) in live_processes().items() if group == pgid]
 
 
 def serve(command: list[str], url: str):
