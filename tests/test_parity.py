@@ -63,7 +63,7 @@ def test_run_seeds_reports_each_seed_and_their_spread(workspace):
 def test_the_books_rnn_loops_run_on_the_same_text(workspace):
     indices, idx_to_char, char_to_idx = parity.corpus(mxlab.load_spec("rnn_scratch"))
     assert len(indices) == 10_000 and len(idx_to_char) == len(char_to_idx) > 500
-    for key in ("rnn_scratch random", "rnn"):
+    for key in ("rnn_scratch random", "rnn", "gru", "lstm"):
         got = parity.run_rnn(key, 1, epochs=2, at_epoch=2, limit=2000)
         assert got["epoch"] == 2 and 1 < got["train/ppl"] < 2 * len(idx_to_char)
     with pytest.raises(KeyError, match="no book code for 'custom_block'"):
