@@ -310,6 +310,14 @@ class _Training:
 
         mx, spec, folder = import_mxnet(), self.spec, self.folder
         if isinstance(self.net, mx.gluon.HybridBlock) and spec.train.hybridize:
+            if len(self.history) <= self.start_epoch:
+                # Resumed with every epoch done (stopped while saving its model): a hybridized network exports
+                # only after a forward pass, and none has run in this process. One evaluation pass is one.
+                from mxlab.tasks import tasks
+                from mxlab.train import evaluate
+
+                split, loader = list(self.bundle.splits().items())[-1]
+                evaluate(self.net, loader, tasks.get(spec.task)(), self.ctx_list, split)
             self.net.export(str(folder / "net"))
             symbol = mx.sym.load(str(folder / "net-symbol.json"))
             if len([name for name in symbol.list_inputs() if name.startswith("data")]) == 1:

@@ -183,6 +183,13 @@ def test_resume_extends_with_epochs_only_and_refuses_what_it_cannot_trust(worksp
     assert out.returncode == 2 and "train.lr: cannot change on --resume; allowed: train.epochs" in out.stderr
     out = resume()
     assert out.returncode == 2 and "FINISHED its 1 epochs" in out.stderr
+    # As a stop while it saved its model leaves it: KILLED, with every epoch in its checkpoint. Resume trains
+    # nothing and finishes the reports and the model.
+    with sqlite3.connect(store(workspace)) as db:
+        db.execute("UPDATE runs SET status = 'KILLED' WHERE run_uuid = ?", (run_id,))
+    out = resume("--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["status"] == "FINISHED", out.stderr
+    assert run_row(workspace, run_id)["steps"] == [1]
     out = resume("train.epochs=2", "--json")
     assert out.returncode == 0, out.stderr
     assert run_row(workspace, run_id)["steps"] == [1, 2]
