@@ -330,8 +330,10 @@ def run_rnn(key: str, seed: int, *, epochs: int = 250, at_epoch: int = 200, limi
                          indices, idx_to_char, char_to_idx, is_random, epochs, steps, lr, clip, batch, at_epoch, 50,
                          prefixes)
     else:
-        # 6.5, 6.7 and 6.8 train their Gluon layer the same way, with the same settings.
-        layer = {"rnn": mx.gluon.rnn.RNN, "gru": mx.gluon.rnn.GRU, "lstm": mx.gluon.rnn.LSTM}[name](hidden)
+        from mxlab.models.rnn import RNN_SPEC
+
+        # 6.5, 6.7 and 6.8 train their Gluon layer (the same classes as mxlab's) the same way, with the same settings.
+        layer = RNN_SPEC[name](hidden)
         layer.initialize()
         printed = _quiet(d.train_and_predict_rnn_gluon, d.RNNModel(layer, vocab_size), hidden, vocab_size,
                          mx.cpu(), indices, idx_to_char, char_to_idx, epochs, steps, lr, clip, batch, at_epoch, 50,

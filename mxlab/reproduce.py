@@ -39,6 +39,11 @@ class Row:
 
 
 FMNIST = "28x28"
+
+# The recurrent rows' text: the book's cannot be downloaded here, so both sides train on the Tang poems.
+TANG = "book: Jay Chou lyrics; here: tang300 (both: first 10,000 characters)"
+UNRECORDED = "book: Jay Chou lyrics, perplexity not on record; here: tang300 (both: first 10,000 characters)"
+
 ROWS = [
     Row("linreg_scratch", {"train/loss": 5.1e-5}),
     Row("linreg", {"train/loss": 5.0e-5}),
@@ -65,15 +70,13 @@ ROWS = [
     Row("densenet", {"train/loss": .2100, "train/acc": .923, "test/acc": .879}, book_seconds=59.6,
         runs_here=False),
     Row("rnn_scratch", {"train/ppl": 1.598}, "random", ("data.sampling=random",), book_seconds=0.27, at_epoch=200,
-        note="book: Jay Chou lyrics; here: tang300 (both: first 10,000 characters)"),
+        note=TANG),
     Row("rnn_scratch", {"train/ppl": 1.313}, "adjacent", ("data.sampling=adjacent",), book_seconds=0.27,
-        at_epoch=200, note="book: Jay Chou lyrics; here: tang300 (both: first 10,000 characters)"),
-    Row("rnn", {"train/ppl": 2.647}, book_seconds=0.06, at_epoch=200, note="book: Jay Chou lyrics; here: tang300 (both: first 10,000 characters)"),
+        at_epoch=200, note=TANG),
+    Row("rnn", {"train/ppl": 2.647}, book_seconds=0.06, at_epoch=200, note=TANG),
     # The book's output cells for 6.7 and 6.8 are not on record here: no printed number, its code over seeds instead.
-    Row("gru", {}, at_epoch=160, note="book: Jay Chou lyrics, perplexity not on record; here: tang300 (both: first "
-                                      "10,000 characters)"),
-    Row("lstm", {}, at_epoch=160, note="book: Jay Chou lyrics, perplexity not on record; here: tang300 (both: first "
-                                       "10,000 characters)"),
+    Row("gru", {}, at_epoch=160, note=UNRECORDED),
+    Row("lstm", {}, at_epoch=160, note=UNRECORDED),
 ]
 SHOWN = ("train/loss", "train/acc", "test/acc", "train/ppl", "l2_norm_w")
 
