@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 CAUGHT = (signal.SIGTERM, signal.SIGHUP)
@@ -34,9 +35,35 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _half_built_mxnet_object(unraisable) -> bool:
+    """An MXNet object (an array, a symbol, a cached graph, a kvstore) whose ``__init__`` a stop cut short before
+    it stored its handle: it owns nothing, yet its ``__del__`` frees ``self.handle`` and Python prints that
+    AttributeError as a traceback, at exit or whenever the object is collected."""
+    exc, where = unraisable.exc_value, unraisable.object
+    return isinstance(exc, AttributeError) and getattr(exc, "name", None) == "handle" \
+        and getattr(where, "__name__", "") == "__del__" and getattr(where, "__module__", "").startswith("mxnet.")
+
+
+def _quiet_half_built_mxnet_objects() -> None:
+    """Drop exactly that report (a stop prints one line, not a traceback) and pass every other one on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "mxlab_quiets_half_built_objects", False):
+        return
+
+    def hook(unraisable):
+        if not _half_built_mxnet_object(unraisable):
+            previous(unraisable)
+
+    hook.mxlab_quiets_half_built_objects = True
+    sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def stops_as_exceptions():
-    """Turn SIGTERM and SIGHUP into :class:`Terminated` in the main thread for the duration."""
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` in the main thread for the duration. A stop can land
+    anywhere, even inside an MXNet constructor, so the report of an object cut in half stays quiet from here on
+    (it may be collected later, at exit)."""
+    _quiet_half_built_mxnet_objects()
     if not _main_thread():
         yield
         return
