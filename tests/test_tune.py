@@ -261,3 +261,33 @@ def test_a_metric_the_experiment_lacks_stops_the_study_after_one_trial(workspace
     c, parents, children = _runs("linreg")
     assert [p.info.status for p in parents] == ["FAILED"]
     assert [r.data.tags["optuna.state"] for r in children] == ["FAIL"]
+
+
+def test_a_stop_after_a_trial_s_run_finished_is_retried_by_taking_that_run_s_result(workspace, monkeypatch):
+    from mxlab.tuning import trials
+
+    real_close = trials.close_child_run
+
+    def stopped_while_closing(c, run_id, state, error=None):
+        if state == "COMPLETE":   # the run has just FINISHED; the trial is not told yet
+            raise KeyboardInterrupt
+        real_close(c, run_id, state, error)
+
+    monkeypatch.setattr(trials, "close_child_run", stopped_while_closing)
+    with pytest.raises(KeyboardInterrupt):
+        studies.tune("softmax", QUICK, studies.TuneOptions(trials=1, seed=0, pruner="none", progress=False))
+    c, _, [finished] = _runs("softmax")
+    assert finished.info.status == "FINISHED" and finished.data.tags["optuna.state"] == "FAIL"
+
+    monkeypatch.setattr(trials, "close_child_run", real_close)
+    again = studies.tune("softmax", QUICK, studies.TuneOptions(trials=1, seed=0, pruner="none", progress=False))
+    study = optuna.load_study(study_name="softmax", storage=storage.storage_url())
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    retry = study.trials[1]
+    assert retry.user_attrs["mlflow.run_id"] == finished.info.run_id   # no second run, no epoch trained again
+    assert retry.value == again["best_value"] == finished.data.metrics["val/acc"]
+    c, _, children = _runs("softmax")
+    assert [r.info.run_id for r in children] == [finished.info.run_id]
+    run = c.get_run(finished.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "val/acc")] == [1, 2]

@@ -203,20 +203,27 @@ class Objective:
                     f"afresh")
                 earlier = None
             if earlier:   # an interrupted trial's retry goes on in the same run, under this trial's number
-                from mxlab.runner import resume
-
                 set_tags(c, earlier, {**tags, "mlflow.runName": f"trial-{trial.number}",
                                       "mlflow.parentRunId": self.parent_run_id or ""})
-                result = resume(spec.name, earlier, callbacks=[pruner], progress=self.progress, root=self.root)
+                run_id, value = self._continue(earlier, trial, retry_of, spec, pruner, c)
             else:
                 result = run(spec, callbacks=[pruner], tags=tags, parent_run_id=self.parent_run_id,
                              run_name=f"trial-{trial.number}", progress=self.progress, root=self.root)
+                run_id, value = result.run_id, last_value(result, spec.search.metric)
+            if value is None or not math.isfinite(value):
+                close("FAIL", run_id, f"search.metric {spec.search.metric} is {value}")
+                raise NonFiniteMetric(f"trial {trial.number}: {spec.search.metric} is {value}")
+            trial.set_user_attr("mlflow.run_id", run_id)
+            close("COMPLETE", run_id)
+            return float(value)
         except optuna.TrialPruned:
             close("PRUNED")
             raise
+        except NonFiniteMetric:
+            raise
         except KeyboardInterrupt:
-            # Ctrl-C, SIGTERM or SIGHUP: the run is already KILLED and Optuna fails the trial; the next `tune`
-            # retries it, continuing its run from the last checkpoint.
+            # Ctrl-C, SIGTERM or SIGHUP, even after the run closed: the run is already KILLED (or FINISHED) and
+            # Optuna fails the trial; the next `tune` retries it, continuing its run from the last checkpoint.
             with contextlib.suppress(Exception):
                 trial.set_user_attr(INTERRUPTED, True)
                 for r in runs_of_key(c, exp_id, key):
@@ -229,10 +236,20 @@ class Objective:
                 self.config_error = exc
                 trial.study.stop()
             raise
-        value = result.history[-1].get(spec.search.metric) if result.history else None
-        if value is None or not math.isfinite(value):
-            close("FAIL", result.run_id, f"search.metric {spec.search.metric} is {value}")
-            raise NonFiniteMetric(f"trial {trial.number}: {spec.search.metric} is {value}")
-        trial.set_user_attr("mlflow.run_id", result.run_id)
-        close("COMPLETE", result.run_id)
-        return float(value)
+
+    def _continue(self, run_id: str, trial, retry_of, spec, pruner, c) -> tuple[str, float | None]:
+        """The retry of an interrupted trial: resume its run, or take its result if it had FINISHED (the stop
+        came after the run closed, before the trial was told)."""
+        from mxlab.runner import resume
+
+        earlier = c.get_run(run_id)
+        if earlier.info.status == "FINISHED":
+            log(f"trial {trial.number}: run {run_id} of trial {retry_of} had finished; taking its result")
+            return run_id, earlier.data.metrics.get(spec.search.metric)
+        result = resume(spec.name, run_id, callbacks=[pruner], progress=self.progress, root=self.root)
+        return result.run_id, last_value(result, spec.search.metric)
+
+
+def last_value(result, metric: str) -> float | None:
+    """The metric at the run's last epoch."""
+    return result.history[-1].get(metric) if result.history else None
