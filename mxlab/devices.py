@@ -7,6 +7,7 @@ the driver's ``libcuda.so.1`` must still come from the system.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.metadata
 import os
@@ -65,6 +66,25 @@ def preload_cuda(search_dirs: list[Path] | None = None, loader=None) -> list[str
 
 _IMPORTED = False
 
+# Imported by `import mxnet` only to give the retired FeedForward API (mxnet.model) scikit-learn's estimator base
+# class, which mxlab never uses: scikit-learn with scipy and pandas behind it is about a third of `import mxnet`.
+SKIPPED_BY_MXNET = "sklearn"
+
+
+@contextlib.contextmanager
+def _hidden(module: str):
+    """``import module`` fails with ImportError for the duration, unless it is imported already; afterwards it
+    imports as usual (MLflow or Optuna may still want it)."""
+    if module in sys.modules:
+        yield
+        return
+    sys.modules[module] = None
+    try:
+        yield
+    finally:
+        if sys.modules.get(module, ...) is None:
+            del sys.modules[module]
+
 
 def mxnet_reason(exc: BaseException) -> str:
     """Why an MXNet call failed: its errors carry the C++ stack, and the last line says why."""
@@ -90,7 +110,8 @@ def import_mxnet():
             raise DeviceError("mxnet-cu112 is installed but no NVIDIA driver was found (libcuda.so.1 is missing): "
                               "install the driver, or the CPU build with `make setup`") from None
     os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
-    import mxnet
+    with _hidden(SKIPPED_BY_MXNET):
+        import mxnet
 
     _IMPORTED = True
     return mxnet
