@@ -6,10 +6,12 @@ run KILLED" (MLflow's lifecycle here, Optuna failing the trial and re-raising) t
 """
 from __future__ import annotations
 
+import _thread
 import contextlib
 import signal
 import sys
 import threading
+import time
 
 CAUGHT = (signal.SIGTERM, signal.SIGHUP)
 
@@ -44,34 +46,62 @@ def _half_built_mxnet_object(unraisable) -> bool:
         and getattr(where, "__name__", "") == "__del__" and getattr(where, "__module__", "").startswith("mxnet.")
 
 
-def _quiet_half_built_mxnet_objects() -> None:
-    """Drop exactly that report (a stop prints one line, not a traceback) and pass every other one on."""
-    previous = sys.unraisablehook
-    if getattr(previous, "mxlab_quiets_half_built_objects", False):
+def _deliver_again(signum: int) -> None:
+    """Deliver a stop again a moment later, from a helper thread, once the main thread has left the finalizer
+    it landed in (should it land in another one, this repeats)."""
+    def later():
+        time.sleep(0.005)
+        _thread.interrupt_main(signum)
+
+    with contextlib.suppress(RuntimeError):   # no thread starts at interpreter shutdown: the process is ending
+        threading.Thread(target=later, daemon=True, name="mxlab-stop").start()
+
+
+def _in_finalizer(frame) -> bool:
+    """Whether a stop raised here would be swallowed: inside a ``__del__`` or this module's own hook."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__" or frame.f_code in _SWALLOWING:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _raise_stop(signum, frame):
+    """The handler of SIGINT, SIGTERM and SIGHUP in :func:`stops_as_exceptions`."""
+    if _in_finalizer(frame):
+        _deliver_again(signum)
         return
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
-    def hook(unraisable):
-        if not _half_built_mxnet_object(unraisable):
-            previous(unraisable)
 
-    hook.mxlab_quiets_half_built_objects = True
-    sys.unraisablehook = hook
+def _finalizer_hook(unraisable) -> None:
+    """What a finalizer raises, Python reports as "Exception ignored" and goes on. Such a stop is delivered again
+    (a weakref callback, say: :func:`_raise_stop` sees only ``__del__``); the report of an MXNet object cut in
+    half is dropped; every other report goes on to the hook that was there before."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        _deliver_again(getattr(unraisable.exc_value, "signum", signal.SIGINT))
+    elif not _half_built_mxnet_object(unraisable):
+        _previous_hook(unraisable)
+
+
+_SWALLOWING = {_finalizer_hook.__code__, _deliver_again.__code__}
+_previous_hook = sys.unraisablehook
 
 
 @contextlib.contextmanager
 def stops_as_exceptions():
-    """Turn SIGTERM and SIGHUP into :class:`Terminated` in the main thread for the duration. A stop can land
-    anywhere, even inside an MXNet constructor, so the report of an object cut in half stays quiet from here on
-    (it may be collected later, at exit)."""
-    _quiet_half_built_mxnet_objects()
+    """Turn SIGTERM and SIGHUP into :class:`Terminated`, and Ctrl-C into ``KeyboardInterrupt`` as usual, in the
+    main thread for the duration. A stop can land anywhere: MXNet runs a ``__del__`` for every array it frees,
+    and a stop raised in one would be lost (Python prints it and goes on training), so it is delivered again once
+    the ``__del__`` returns; see also :func:`_finalizer_hook`."""
+    global _previous_hook
+    if sys.unraisablehook is not _finalizer_hook:
+        _previous_hook, sys.unraisablehook = sys.unraisablehook, _finalizer_hook
     if not _main_thread():
         yield
         return
-
-    def handler(signum, frame):
-        raise Terminated(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in CAUGHT}
+    sigs = [*CAUGHT, *([signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else [])]
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in sigs}
     try:
         yield
     finally:
