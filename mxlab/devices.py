@@ -67,7 +67,8 @@ def preload_cuda(search_dirs: list[Path] | None = None, loader=None) -> list[str
 _IMPORTED = False
 
 # Imported by `import mxnet` only to give the retired FeedForward API (mxnet.model) scikit-learn's estimator base
-# class, which mxlab never uses: scikit-learn with scipy and pandas behind it is about a third of `import mxnet`.
+# class, which mxlab never uses: scikit-learn, with scipy and pandas behind it, was a fifth to a third of `import
+# mxnet` here (benchmarks/README.md, attempt 19).
 SKIPPED_BY_MXNET = "sklearn"
 
 

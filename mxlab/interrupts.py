@@ -71,7 +71,7 @@ def _raise_stop(signum, frame):
     if _in_finalizer(frame):
         _deliver_again(signum)
         return
-    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+    raise (KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum))
 
 
 def _finalizer_hook(unraisable) -> None:
