@@ -60,7 +60,7 @@ def _deliver_again(signum: int) -> None:
 def _in_finalizer(frame) -> bool:
     """Whether a stop raised here would be swallowed: inside a ``__del__`` or this module's own hook."""
     while frame is not None:
-        if frame.f_code.co_name == "__del__" or frame.f_code in _SWALLOWING:
+        if frame.f_code.co_name == "__del__" or frame.f_code is _finalizer_hook.__code__:
             return True
         frame = frame.f_back
     return False
@@ -84,7 +84,6 @@ def _finalizer_hook(unraisable) -> None:
         _previous_hook(unraisable)
 
 
-_SWALLOWING = {_finalizer_hook.__code__, _deliver_again.__code__}
 _previous_hook = sys.unraisablehook
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, as_from_a_terminal
+from tests.conftest import as_from_a_terminal
 
 pytestmark = pytest.mark.slow
 
