@@ -152,7 +152,7 @@ def test_a_stop_that_lands_in_a_database_call_waits_for_it_and_leaves_the_store_
     # Raised inside SQLAlchemy, a stop left sqlite's write lock held: Optuna could not record the trial (CI saw
     # "AssertionError: Should not reach." from Optuna) and MLflow could not close the run, which stayed RUNNING.
     out = subprocess.run([sys.executable, "-c", IN_DATABASE, store, handling, str(tmp_path / "store.db")],
-                         capture_output=True, text=True, timeout=180, cwd=REPO)
+                         capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     outcome, state = out.stdout.strip().splitlines()[-2:]
     if handling == "naive":   # what the test guards against
