@@ -377,7 +377,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
             ax.yaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_title(title)
+        ax.set_title(title, y=1.0)   # placed: lifting it above the tick labels measured every label, for nothing
         ax.legend()
     # Fixed margins in inches, room for tick labels like 0.725: tight_layout measured every tick label and cost as
     # much as drawing. With the ticks above, 0.43 -> 0.13 CPU-s a plot, paid by every run and every trial.
