@@ -1,7 +1,9 @@
 """Optuna studies on one machine: tiny studies of real experiments, checked in Optuna and in MLflow."""
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 import optuna
 import pytest
@@ -29,6 +31,27 @@ def _runs(exp_name: str):
 class AlwaysPrune(optuna.pruners.BasePruner):
     def prune(self, study, trial) -> bool:
         return True
+
+
+def test_each_trial_is_collected_and_what_outlives_it_is_frozen_out_of_the_next_collections():
+    class Net:   # a Gluon network's blocks refer to each other: freed by a collection, not by reference counts
+        pass
+
+    trials, kept = [], []
+
+    def objective(trial):
+        if trial.number:   # the previous trial's network is gone before this one starts
+            assert trials[-1]() is None
+            assert not any(o is kept[-1] for o in gc.get_objects())   # what it left alive is frozen
+        net = Net()
+        net.me = net
+        trials.append(weakref.ref(net))
+        kept.append([trial.number])   # outlives the trial, like a cache a trial fills
+        return 0.0
+
+    with studies.frozen_heap():
+        optuna.create_study().optimize(objective, n_trials=3, callbacks=[studies.collect_trial])
+    assert any(o is kept[-1] for o in gc.get_objects())   # unfrozen when the study ends
 
 
 def test_space_errors_come_before_any_trial_or_run(workspace, capsys):

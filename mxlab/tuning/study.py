@@ -160,15 +160,22 @@ def open_study_storage(url: str, experiment: str, options: TuneOptions, root: Pa
 
 @contextlib.contextmanager
 def frozen_heap():
-    """A collection after each trial frees a finished trial's network (and its device memory) at once; what was
-    alive before the study (MXNet, MLflow, the data) is frozen out of those collections, which otherwise scanned
-    it all: 0.6 s a trial here."""
+    """What was alive before the study (MXNet, MLflow, the data) is frozen out of the collections after each trial
+    (:func:`collect_trial`), which otherwise scanned it all: 0.6 s a trial here. Unfrozen when the study ends."""
     gc.collect()
     gc.freeze()
     try:
         yield
     finally:
         gc.unfreeze()
+
+
+def collect_trial(study, trial) -> None:
+    """After each trial (an Optuna callback): a full collection frees the finished trial's network, and its device
+    memory, at once. What survives it is long-lived (modules and caches the first trial loaded, the study's
+    state) and is frozen too, so the next collection scans only the next trial's objects: 35 -> 4 ms a trial."""
+    gc.collect()
+    gc.freeze()
 
 
 def optimize(spec, study, *, trials: int, timeout: float | None, parent_run_id: str | None,
@@ -178,7 +185,7 @@ def optimize(spec, study, *, trials: int, timeout: float | None, parent_run_id: 
 
     objective = Objective(spec, study.study_name, parent_run_id, root, progress)
     with stops_as_exceptions(), quiet_optuna(), frozen_heap():
-        study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,), gc_after_trial=True)
+        study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,), callbacks=[collect_trial])
     if objective.config_error is not None:
         raise objective.config_error
 
