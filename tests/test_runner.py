@@ -150,3 +150,29 @@ def test_the_running_loss_at_the_last_batch_is_the_epochs_train_loss(workspace):
     spec = mxlab.load_spec("softmax", {"train.epochs": 2, "data.limit": 1000, "train.device": "cpu:0,1"})
     result = runner.run(spec, track=False, progress=False, callbacks=[Probe()])
     assert seen == pytest.approx([h["train/loss"] for h in result.history], rel=1e-6)
+
+
+@pytest.mark.parametrize("log_y", [False, True])
+def test_curves_build_ticks_only_in_view_and_draw_the_same_picture(tmp_path, log_y):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import AutoLocator, LogLocator, MaxNLocator
+
+    def draw(wrap, path):
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.plot([1, 2, 3, 4, 5], [2.3, 1.2, 0.8, 0.61, 0.52] if log_y else [0.31, 0.52, 0.64, 0.70, 0.73], marker="o")
+        if log_y:
+            ax.set_yscale("log")
+        ax.yaxis.set_major_locator(wrap(LogLocator(subs=(1.0, 2.0, 5.0)) if log_y else AutoLocator()))
+        ax.xaxis.set_major_locator(wrap(MaxNLocator(integer=True)))
+        fig.savefig(path, dpi=100)
+        counts = len(ax.xaxis.get_major_locator()()), len(ax.yaxis.get_major_locator()())
+        plt.close(fig)
+        return path.read_bytes(), counts
+
+    plain, (plain_x, plain_y) = draw(lambda locator: locator, tmp_path / "plain.png")
+    in_view, (x, y) = draw(runner._in_view, tmp_path / "in_view.png")
+    assert in_view == plain   # the same picture, pixel for pixel
+    assert x < plain_x and y < plain_y   # from fewer ticks built
