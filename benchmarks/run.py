@@ -147,6 +147,8 @@ def main() -> int:
     }
     if "study" in costs:
         figures["study_wall_seconds_per_trial"] = costs["study"]["wall_seconds_per_trial"]
+        figures["study_wall_seconds_per_trial_beyond_training"] = \
+            costs["study"]["wall_seconds_per_trial_beyond_training"]
     if "ui" in costs:
         figures["ui_tree_rss_mb"] = costs["ui"]["tree_rss_mb"]
         figures["ui_seconds_to_answer"] = costs["ui"]["seconds_to_answer"]
