@@ -100,7 +100,7 @@ def main() -> int:
     parser.add_argument("--resnet-limit", type=int, default=2048, help="training images for ResNet-18 (0: skip)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per process; its best one counts")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the contenders")
-    parser.add_argument("--study-trials", type=int, default=5, help="trials for the per-trial cost (0: skip)")
+    parser.add_argument("--study-trials", type=int, default=10, help="trials for the per-trial cost (0: skip)")
     parser.add_argument("--no-ui", action="store_true", help="skip timing `mxlab ui`")
     parser.add_argument("--pruning-trials", type=int, default=20,
                         help="trials of each lenet study, median pruner against none (0: skip; about 25 minutes)")
