@@ -404,9 +404,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
             ax.yaxis.set_major_locator(_in_view(LogLocator() if wide else LogLocator(subs=(1.0, 2.0, 5.0))))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
             ax.yaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_locator(_in_view(MaxNLocator(integer=True)))
-        if suffix == "acc":
+        else:
             ax.yaxis.set_major_locator(_in_view(AutoLocator()))
+        ax.xaxis.set_major_locator(_in_view(MaxNLocator(integer=True)))
         ax.set_xlabel("epoch")
         ax.set_title(title, y=1.0)   # placed: lifting it above the tick labels measured every label, for nothing
         ax.legend()
