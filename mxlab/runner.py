@@ -353,7 +353,7 @@ def model_summary(net, input_shape) -> str:
 def _in_view(base):
     """``base``'s ticks, less those outside the axis's view. Matplotlib builds a tick (two lines, a grid line,
     two labels) for every location a locator returns and then draws those in view only; a log axis gets 11-18 of
-    which 2-5 show, and building them was half the plot's cost."""
+    which 2-5 show, and building them was a quarter of the plot's cost."""
     from matplotlib.ticker import Locator
 
     class InView(Locator):
