@@ -54,6 +54,27 @@ def test_each_trial_is_collected_and_what_outlives_it_is_frozen_out_of_the_next_
     assert any(o is kept[-1] for o in gc.get_objects())   # unfrozen when the study ends
 
 
+def test_a_stop_before_the_trial_s_run_begins_still_queues_its_retry(workspace, monkeypatch):
+    from mxlab import tracking
+    from mxlab.tuning import trials
+
+    spec, _ = space.tuning_spec("linreg", ["train.epochs=1"], workspace)
+    study = optuna.create_study(direction=spec.search.direction)
+
+    def stopped(*args, **kwargs):   # SIGTERM as the trial opens its store, before its run exists
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking, "client", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(trials.Objective(spec, "stopped", None, workspace, progress=False), n_trials=1)
+    monkeypatch.undo()
+    assert study.trials[0].state.name == "FAIL" and study.trials[0].user_attrs[trials.INTERRUPTED]
+    c = client(workspace)
+    assert trials.recover_interrupted(study, c, tracking.experiment_id(c, "linreg", workspace)) == [0]
+    retry = study.trials[-1]
+    assert retry.state.name == "WAITING" and retry.system_attrs["fixed_params"] == study.trials[0].params
+
+
 def test_space_errors_come_before_any_trial_or_run(workspace, capsys):
     cases = {
         "search.space.train.nope.low=0.1": "train.nope' cannot be searched",

@@ -165,6 +165,18 @@ class Objective:
         self.config_error: Exception | None = None
 
     def __call__(self, trial) -> float:
+        try:
+            return self._trial(trial)
+        except KeyboardInterrupt:
+            # Ctrl-C, SIGTERM or SIGHUP, wherever it landed, even before the trial's run began: Optuna fails the
+            # trial, and the next `tune` retries it (continuing its run from the last checkpoint, if it has one).
+            from mxlab.interrupts import stops_deferred
+
+            with contextlib.suppress(Exception), stops_deferred():   # a second stop must not cut the mark
+                trial.set_user_attr(INTERRUPTED, True)
+            raise
+
+    def _trial(self, trial) -> float:
         import optuna
 
         from mxlab.runner import run
@@ -222,10 +234,8 @@ class Objective:
         except NonFiniteMetric:
             raise
         except KeyboardInterrupt:
-            # Ctrl-C, SIGTERM or SIGHUP, even after the run closed: the run is already KILLED (or FINISHED) and
-            # Optuna fails the trial; the next `tune` retries it, continuing its run from the last checkpoint.
+            # Even after the run closed: the run is already KILLED (or FINISHED); its trial's state says FAIL.
             with contextlib.suppress(Exception):
-                trial.set_user_attr(INTERRUPTED, True)
                 for r in runs_of_key(c, exp_id, key):
                     c.set_tag(r.info.run_id, "optuna.state", "FAIL")
             raise
