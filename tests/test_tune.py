@@ -64,10 +64,9 @@ def test_a_stop_before_the_trial_s_run_begins_still_queues_its_retry(workspace, 
     def stopped(*args, **kwargs):   # SIGTERM as the trial opens its store, before its run exists
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tracking, "client", stopped)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(tracking, "client", stopped)
         study.optimize(trials.Objective(spec, "stopped", None, workspace, progress=False), n_trials=1)
-    monkeypatch.undo()
     assert study.trials[0].state.name == "FAIL" and study.trials[0].user_attrs[trials.INTERRUPTED]
     c = client(workspace)
     assert trials.recover_interrupted(study, c, tracking.experiment_id(c, "linreg", workspace)) == [0]
