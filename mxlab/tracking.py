@@ -204,6 +204,21 @@ def close_orphans(c) -> list[str]:
     return closed
 
 
+def once_more_on_a_duplicate_key(write, *args, **kwargs):
+    """``write(*args, **kwargs)``, once more if it collided on a key. The MLflow store makes an experiment's tags
+    and its datasets by looking for the row, then inserting it: two processes that make the same one at once (a
+    study's workers on their first trials) both insert, and the second transaction is rolled back whole. Once
+    more, it finds the first one's row."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return write(*args, **kwargs)
+    except MlflowException as exc:
+        if not any(words in str(exc).lower() for words in ("unique constraint", "duplicate entry")):
+            raise
+        return write(*args, **kwargs)
+
+
 def experiment_id(c, name: str, root: Path | None = None) -> str:
     """The MLflow experiment named like the experiment folder, created (and tagged) on first use."""
     from mlflow.exceptions import MlflowException
@@ -219,7 +234,7 @@ def experiment_id(c, name: str, root: Path | None = None) -> str:
             if found is None:
                 raise
     if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        c.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        once_more_on_a_duplicate_key(c.set_experiment_tag, found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return found.experiment_id
 
 
@@ -392,7 +407,7 @@ def log_datasets(c, run_id: str, inputs: list[dict]) -> None:
 
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    c.log_inputs(run_id, datasets=[
+    once_more_on_a_duplicate_key(c.log_inputs, run_id, datasets=[
         DatasetInput(Dataset(d["name"], d["digest"], "local", json.dumps({"uri": d["source"]}),
                              profile=json.dumps({d.get("unit", "examples"): d["num_examples"]})),
                      tags=[InputTag("mlflow.data.context", d["context"])]) for d in inputs])
@@ -419,4 +434,4 @@ def describe_experiment(c, name: str, description: str) -> None:
     """The experiment's description in MLflow (its ``mlflow.note.content``) is the spec's ``description``."""
     found = c.get_experiment_by_name(name)
     if found is not None and description and found.tags.get("mlflow.note.content") != description:
-        c.set_experiment_tag(found.experiment_id, "mlflow.note.content", description)
+        once_more_on_a_duplicate_key(c.set_experiment_tag, found.experiment_id, "mlflow.note.content", description)

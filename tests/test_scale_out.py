@@ -154,9 +154,11 @@ def test_two_workers_share_one_study_on_postgresql(cluster):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
+    print("the tune's stderr:", out.stderr, sep="\n")   # pytest shows it if anything below fails
     assert PASSWORD not in out.stdout and PASSWORD not in out.stderr
     assert result["storage"].startswith("postgresql://mxlab@127.0.0.1:")
-    assert result["n_trials"] == 6 and result["states"]["COMPLETE"] == 6 and result["states"]["RUNNING"] == 0
+    assert result["n_trials"] == 6 and result["states"]["COMPLETE"] == 6 and result["states"]["RUNNING"] == 0, (
+        result["states"])
 
     study = _study(cluster, "shared")
     trials = study.get_trials(deepcopy=False)
@@ -176,6 +178,50 @@ def test_two_workers_share_one_study_on_postgresql(cluster):
     assert parent.data.tags["mxlab.study_storage"] == result["storage"]
     assert parent.data.metrics["trials.complete"] == 6
     assert "plots/optimization_history.html" in {a.path for a in c.list_artifacts(parent.info.run_id, "plots")}
+
+
+def test_runs_that_make_one_new_dataset_or_experiment_tag_at_once_all_succeed(cluster):
+    # The server looks for a dataset or an experiment's tag, then inserts it: runs that make the same new one at
+    # the same moment (a study's workers, on their first trials) collide on its key, and every one must succeed.
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from mxlab import tracking
+
+    c = MlflowClient()   # MLFLOW_TRACKING_URI: through the server
+    inputs = [{"name": f"race-{split}", "source": "/nowhere", "num_examples": 8, "context": context}
+              for split, context in (("train", "training"), ("test", "test"))]
+    errors = []
+
+    def at_once(write, args):
+        start = threading.Barrier(len(args))
+
+        def one(arg):
+            start.wait()
+            try:
+                write(arg)
+            except Exception as exc:   # noqa: BLE001 - collected, asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(a,)) for a in args]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    for round_ in range(3):
+        name = f"race-{round_}"
+        exp_id = c.create_experiment(name)
+        at_once(lambda _: tracking.describe_experiment(c, name, "a description new to the store"), range(8))
+        runs = [c.create_run(exp_id).info.run_id for _ in range(8)]
+        batch = [{**d, "digest": f"round-{round_}"} for d in inputs]   # new to the store each round
+        at_once(lambda run_id: tracking.log_datasets(c, run_id, batch), runs)
+        for run_id in runs:
+            logged = {(i.dataset.name, i.dataset.digest) for i in c.get_run(run_id).inputs.dataset_inputs}
+            assert logged == {(d["name"], d["digest"]) for d in batch}, errors
+        assert c.get_experiment(exp_id).tags["mlflow.note.content"] == "a description new to the store"
+    assert not errors
 
 
 def _is_child(pid: int, parent: int) -> bool:
