@@ -156,7 +156,10 @@ def test_a_crash_fails_the_run_and_resume_finishes_it(workspace, tmp_path, monke
     overrides = ["train.epochs=3", "data.limit=20000"]
     proc = start("run", "flaky", *overrides, "--json")
     run_id = wait_for_epoch(root, proc, 1)
-    flag.write_text(fault)
+    # Whole at once: the forward pass reads the flag every few milliseconds, and a file being written can be
+    # seen empty (under CI's load, both suites once saw it so and crashed the nan case).
+    (tmp_path / "flag.part").write_text(fault)
+    os.replace(tmp_path / "flag.part", flag)
     out, err = proc.communicate(timeout=120)
     failure = "RuntimeError: the data disk went away" if fault == "crash" else "train/loss is nan"
     assert proc.returncode == 1 and failure in err, err
