@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import struct
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -101,6 +102,34 @@ def test_an_in_place_edit_that_keeps_size_and_time_is_caught(tiny):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     with pytest.raises(DataError, match=r"SHA-256 .*, expected"):
         fm.load_arrays(download=False)
+
+
+def test_a_verified_file_is_read_again_only_once_it_changed(tiny, monkeypatch):
+    from mxlab.data import download
+
+    decompressed = []
+    monkeypatch.setattr(download.Check, "read", lambda self, payload: decompressed.append(1) or
+                        (payload if self.content is None else self.content(payload)))
+    load = lambda: fm.load_arrays(download=False)   # noqa: E731
+    load()
+    load()
+    assert len(decompressed) == 8   # the files were written just now: their change time is not settled yet
+    monkeypatch.setattr(download, "_SETTLED_NS", -1)
+    load()
+    load()
+    assert len(decompressed) == 12   # settled: verified once, then kept
+
+    folder, arrays = tiny
+    name = "train-labels-idx1-ubyte"
+    path = folder / f"{name}.gz"
+    stat = path.stat()
+    time.sleep(0.1)   # past the kernel clock's tick, which stamps the change time
+    edited = arrays[name].copy()
+    edited[0] = (edited[0] + 1) % 10
+    path.write_bytes(gzip.compress(idx_bytes(edited)))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(DataError, match=r"SHA-256 .*, expected"):
+        load()
 
 
 def test_search_order_prefers_mxlab_data_dir(tiny, tmp_path, monkeypatch):
