@@ -8,10 +8,15 @@ import os
 import sys
 import time
 
-from mxlab import workspace
+from mxlab import heap, workspace
 from mxlab.console import format_metrics, number
 from mxlab.tuning.storage import HEARTBEAT_SECONDS
 from mxlab.tuning.study import PRUNERS, SAMPLERS, TuneOptions
+
+
+# Commands whose work is training, where the runner ends the setting up. Not the servers (ui, dashboard) nor
+# launch, which wait for hours and must collect all along.
+HOLDS_THE_COLLECTOR = ("run", "tune")
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -355,8 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from mxlab.interrupts import exit_code, signal_name
 
+    # This process's own training command (not a caller's process: a test passes argv) holds the collector while
+    # it imports and sets up, until training starts; see mxlab.heap.
+    held = heap.held() if argv is None and args.command in HOLDS_THE_COLLECTOR else contextlib.nullcontext()
     try:
-        return args.func(args)
+        with held:
+            return args.func(args)
     except KeyboardInterrupt as exc:   # Ctrl-C, SIGTERM, SIGHUP: whatever ran is closed KILLED
         return _ended(args, exc, "KILLED", f"stopped by {signal_name(exc)}", exit_code(exc))
     except Exception as exc:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from mxlab import console, workspace
+from mxlab import console, heap, workspace
 from mxlab.callbacks import STATES_ORDER, Callback, Checkpoint, EarlyStopping, TextSampler
 from mxlab.console import ConsoleProgress
 from mxlab.coerce import SpecError
@@ -57,6 +57,7 @@ def run(spec: Spec, *, track: bool = True, callbacks=(), tags: dict | None = Non
     if job_rank(spec)[0] != 0:
         track = False
     if not track:
+        heap.settle()
         with stops_as_exceptions(), tempfile.TemporaryDirectory(prefix="mxlab-") as tmp:
             training = _Training(spec, Path(tmp), callbacks, progress)
             training.fit()
@@ -176,6 +177,9 @@ def _tracked(c, run_id: str, spec: Spec, callbacks, progress: bool, root: Path |
             tracking.log_files(c, run_id, folder, ["spec.yaml"])
         if progress:
             console.stage(f"loading {spec.data.name} and building {spec.model.name}")
+        # Set up: what is alive now, and what the run's end imports, lives as long as the process. Before the data
+        # and the network, which a study's next trial must be able to free.
+        heap.settle("matplotlib.pyplot", "mlflow.pyfunc")
         training = _Training(spec, folder, callbacks, progress,
                              on_sample=lambda path, epoch: c.log_artifact(run_id, str(path), "samples"))
         tracking.set_tags(c, run_id, tracking.run_tags(spec, training.device_tags(), training.bundle.checksums, root))

@@ -2,6 +2,7 @@
 the dashboard answers only its own loopback name (no DNS rebinding)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -120,6 +121,40 @@ def test_the_ui_server_is_started_as_mlflow_s_own_cli_would_start_it(monkeypatch
     theirs = {k: v for k, v in seen["env"].items() if "MLFLOW" in k and k != "_MLFLOW_SERVER_BOOT_ID"}
     ours = {k: v for k, v in settings.items() if k != "_MLFLOW_SERVER_BOOT_ID"}
     assert ours == theirs
+
+
+PROBE_APP = """
+import gc, json
+
+ENABLED_WHILE_IMPORTED = gc.isenabled()
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    seen = {"while_imported": ENABLED_WHILE_IMPORTED, "serving": gc.isenabled(), "frozen": gc.get_freeze_count()}
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps(seen).encode()})
+"""
+
+
+def test_the_ui_s_server_imports_its_app_with_the_collector_held_then_collects_as_usual(tmp_path):
+    (tmp_path / "probe_app.py").write_text(PROBE_APP)
+    port = free_port()
+    command = servers.app_imported_first([sys.executable, "-m", "uvicorn", "--host", servers.LOOPBACK, "--port",
+                                          str(port), "--workers", "1", "probe_app:app"])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_answers(f"http://127.0.0.1:{port}/", proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+            seen = json.loads(page.read())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert seen["while_imported"] is False and seen["serving"] is True and seen["frozen"] > 0
+    with pytest.raises(ValueError, match="not a uvicorn command"):
+        servers.app_imported_first([sys.executable, "-m", "gunicorn", "probe_app:app"])
 
 
 @pytest.mark.slow

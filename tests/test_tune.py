@@ -8,7 +8,7 @@ import weakref
 import optuna
 import pytest
 
-from mxlab import cli
+from mxlab import cli, heap
 from mxlab.tuning import space, storage
 from mxlab.tuning import study as studies
 from mxlab.spec import SpecError, load_spec
@@ -49,8 +49,8 @@ def test_each_trial_is_collected_and_what_outlives_it_is_frozen_out_of_the_next_
         kept.append([trial.number])   # outlives the trial, like a cache a trial fills
         return 0.0
 
-    with studies.frozen_heap():
-        optuna.create_study().optimize(objective, n_trials=3, callbacks=[studies.collect_trial])
+    with heap.frozen():
+        optuna.create_study().optimize(objective, n_trials=3, callbacks=[heap.collect_trial])
     assert any(o is kept[-1] for o in gc.get_objects())   # unfrozen when the study ends
 
 

@@ -8,16 +8,14 @@ fail and retry the trial of a worker that died.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import os
 import re
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from mxlab import naming
+from mxlab import heap, naming
 from mxlab.tuning.space import baseline_params, tuning_spec
 from mxlab.tuning.storage import HEARTBEAT_SECONDS, is_sqlite, open_storage, quiet_optuna, redact, storage_url
 from mxlab.tuning.trials import Objective, StaleTrialHandler, close_stale_runs, log, recover_interrupted
@@ -158,34 +156,14 @@ def open_study_storage(url: str, experiment: str, options: TuneOptions, root: Pa
     return open_storage(url, heartbeat=options.heartbeat, on_stale=StaleTrialHandler(experiment, root))
 
 
-@contextlib.contextmanager
-def frozen_heap():
-    """What was alive before the study (MXNet, MLflow, the data) is frozen out of the collections after each trial
-    (:func:`collect_trial`), which otherwise scanned it all: 0.6 s a trial here. Unfrozen when the study ends."""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-def collect_trial(study, trial) -> None:
-    """After each trial (an Optuna callback): a full collection frees the finished trial's network, and its device
-    memory, at once. What survives it is long-lived (modules and caches the first trial loaded, the study's
-    state) and is frozen too, so the next collection scans only the next trial's objects: 35 -> 4 ms a trial."""
-    gc.collect()
-    gc.freeze()
-
-
 def optimize(spec, study, *, trials: int, timeout: float | None, parent_run_id: str | None,
              root: Path | None = None, progress: bool = True) -> None:
     """Run ``trials`` trials in this process; failed trials are recorded and the study goes on."""
     from mxlab.interrupts import stops_as_exceptions
 
     objective = Objective(spec, study.study_name, parent_run_id, root, progress)
-    with stops_as_exceptions(), quiet_optuna(), frozen_heap():
-        study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,), callbacks=[collect_trial])
+    with stops_as_exceptions(), quiet_optuna(), heap.frozen():
+        study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,), callbacks=[heap.collect_trial])
     if objective.config_error is not None:
         raise objective.config_error
 

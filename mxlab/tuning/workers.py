@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from mxlab import heap
 from mxlab.tuning.trials import log
 
 
@@ -39,7 +40,8 @@ def _main(name, overrides, options, parent_run_id, index, root, threads):
     # Workers share the cores: one worker's OpenMP pool should not take them all (read when MXNet loads).
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:
-        worker(name, overrides, options, parent_run_id, index, root)
+        with heap.held():   # a process of its own that sets up, then trains (see mxlab.heap)
+            worker(name, overrides, options, parent_run_id, index, root)
     except KeyboardInterrupt:
         sys.exit(130)
 
