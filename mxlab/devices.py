@@ -66,25 +66,26 @@ def preload_cuda(search_dirs: list[Path] | None = None, loader=None) -> list[str
 
 _IMPORTED = False
 
-# Imported by `import mxnet` only to give the retired FeedForward API (mxnet.model) scikit-learn's estimator base
-# class, which mxlab never uses: scikit-learn, with scipy and pandas behind it, was a fifth to a third of `import
-# mxnet` here (benchmarks/README.md, attempt 19).
-SKIPPED_BY_MXNET = "sklearn"
+# Imported by `import mxnet` for what mxlab never uses: scikit-learn only to give the retired FeedForward API
+# (mxnet.model) its estimator base class, with scipy and pandas behind it, a fifth to a third of `import mxnet` here;
+# scipy.stats only for the entropy calibration of INT8 quantization and MXNet's own test helpers, 0.28 s more
+# (benchmarks/README.md, attempts 19 and 33). MXNet falls back when either import fails.
+SKIPPED_BY_MXNET = ("sklearn", "scipy.stats")
 
 
 @contextlib.contextmanager
-def _hidden(module: str):
-    """``import module`` fails with ImportError for the duration, unless it is imported already; afterwards it
-    imports as usual (MLflow or Optuna may still want it)."""
-    if module in sys.modules:
-        yield
-        return
-    sys.modules[module] = None
+def _hidden(modules: tuple[str, ...]):
+    """``import`` of each of ``modules`` fails with ImportError for the duration, unless it is imported already;
+    afterwards they import as usual (MLflow or Optuna may still want them)."""
+    hidden = [m for m in modules if m not in sys.modules]
+    for module in hidden:
+        sys.modules[module] = None
     try:
         yield
     finally:
-        if sys.modules.get(module, ...) is None:
-            del sys.modules[module]
+        for module in hidden:
+            if sys.modules.get(module, ...) is None:
+                del sys.modules[module]
 
 
 def mxnet_reason(exc: BaseException) -> str:

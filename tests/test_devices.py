@@ -110,13 +110,15 @@ def test_import_mxnet_applies_the_compatibility_layer_first(monkeypatch):
     assert calls == ["compat", "cuda"]
 
 
-def test_import_mxnet_leaves_scikit_learn_out_and_importable():
+def test_import_mxnet_leaves_scikit_learn_and_scipy_stats_out_and_importable():
     probe = ("import sys; from mxlab import devices; mx = devices.import_mxnet(); "
              "print('sklearn' in sys.modules, mx.model.BASE_ESTIMATOR is object); "
-             "import sklearn.base; print('sklearn' in sys.modules)")
+             "print('scipy.stats' in sys.modules, mx.contrib.quantization.stats is None); "
+             "import sklearn.base, scipy.stats; print('sklearn' in sys.modules, 'scipy.stats' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "True", "True"]   # not by MXNet; as usual afterwards
+    # not by MXNet; as usual afterwards
+    assert out.stdout.split() == ["False", "True", "False", "True", "True", "True"]
 
 
 def test_build_features_name_the_build():
