@@ -70,7 +70,7 @@ def mxlab(limit: int, epochs: int, tracked: bool = False, experiment: str = LENE
 
     ``callback_seconds`` is the time the callbacks (progress, checkpoint, MLflow) spend inside the training
     phase, measured around their ``on_batch_end``: the in-epoch cost of tracking and progress."""
-    from mxlab import runner
+    from mxlab import heap, runner
     from mxlab.spec import load_spec
 
     spent = [0.0]
@@ -103,7 +103,8 @@ def mxlab(limit: int, epochs: int, tracked: bool = False, experiment: str = LENE
     spec = load_spec(experiment, [f"data.limit={limit}", f"train.epochs={epochs}", "train.device=cpu",
                                   *overrides])
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    # As `mxlab run` holds its process's collector until training starts (mxlab.heap).
+    with tempfile.TemporaryDirectory() as tmp, heap.held():
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench.db"
         history = runner.run(spec, track=tracked, progress=tracked).history
     wall = time.perf_counter() - start
