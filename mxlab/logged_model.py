@@ -7,6 +7,7 @@ any numbers, and the accepted layouts are written in the model's metadata. Outpu
 """
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from importlib import metadata as importlib_metadata
@@ -17,7 +18,8 @@ import numpy as np
 MXNET_DISTRIBUTIONS = ("mxnet", "mxnet-cu112")
 
 
-def pip_requirements() -> list[str]:
+@functools.cache   # once a process: each version lookup scans the installed distributions
+def pip_requirements() -> tuple[str, ...]:
     """Pinned to this environment, written rather than inferred (inference loads the model: seconds)."""
     import mlflow
 
@@ -27,7 +29,7 @@ def pip_requirements() -> list[str]:
             pins.append(f"{dist}=={importlib_metadata.version(dist)}")
         except importlib_metadata.PackageNotFoundError:
             continue
-    return pins
+    return tuple(pins)
 
 
 def signature(card: dict):
@@ -78,6 +80,6 @@ def log(run_id: str, folder: Path, artifacts: dict, card: dict, example, *, trac
     with process_tracking_uri(tracking_uri), warnings.catch_warnings(record=True):
         return Model.log(None, mlflow.pyfunc, name="model", run_id=run_id, model_id=model.model_id,
                          python_model=str(Path(__file__).with_name("pyfunc_model.py")), artifacts=files,
-                         signature=signature(card), input_example=example, pip_requirements=pip_requirements(),
+                         signature=signature(card), input_example=example, pip_requirements=list(pip_requirements()),
                          metadata={"mxlab.task": card.get("task"), "mxlab.experiment": card.get("experiment"),
                                    "input": input_layouts(card)})

@@ -67,10 +67,11 @@ def run(spec: Spec, *, track: bool = True, callbacks=(), tags: dict | None = Non
 
     tags = {"mlflow.note.content": naming.command_line(), **(tags or {})}   # the run's notes: how it was made
     run_name = run_name or naming.run_name(spec, tags.get("mxlab.preset"))
-    c, run_id = tracking.start_run(spec.name, tags=tags, parent_run_id=parent_run_id, run_name=run_name, root=root)
-    tracking.describe_experiment(c, spec.name, spec.description)
+    c, run = tracking.start_run(spec.name, tags=tags, parent_run_id=parent_run_id, run_name=run_name, root=root,
+                                description=spec.description)
+    run_id = run.info.run_id
     if progress:
-        console.announce(run_id, run_name, console.ui_url(c.tracking_uri, c.get_run(run_id).info.experiment_id, run_id))
+        console.announce(run_id, run_name, console.ui_url(c.tracking_uri, run.info.experiment_id, run_id))
     return _tracked(c, run_id, spec, callbacks, progress, root)
 
 
@@ -189,7 +190,7 @@ def _tracked(c, run_id: str, spec: Spec, callbacks, progress: bool, root: Path |
             # MLflow params never change: a run extended on resume says its new length in a tag.
             tracking.set_tags(c, run_id, {"mxlab.resumed_from_epoch": start["epoch"],
                                           "mxlab.epochs": spec.train.epochs})
-        with tracking.system_metrics(c, run_id, spec.train.system_metrics):
+        with tracking.system_metrics(c, run_id, spec.train.system_metrics, resumed=start is not None):
             training.fit(tracking.MLflowLogger(c, run_id, training.checkpoint_dir))
         if training.stop_reason:
             c.set_tag(run_id, "mxlab.stopped_early", training.stop_reason)

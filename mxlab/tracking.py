@@ -123,7 +123,9 @@ def client(root: Path | None = None):
                          f"mxlab into that one run; unset it (each mxlab run makes its own, and --resume continues "
                          f"one)")
     uri = tracking_uri(root)
-    if uri.startswith("sqlite:"):
+    if uri.startswith("sqlite:") and uri in _SWEPT:
+        c = MlflowClient(uri)   # this process made its store after the check below: MLflow keeps one a URI
+    elif uri.startswith("sqlite:"):
         db = workspace.sqlite_path(uri)
         db.parent.mkdir(parents=True, exist_ok=True)
         with workspace.file_lock(db.parent / f".{db.name}.lock"):
@@ -219,22 +221,23 @@ def once_more_on_a_duplicate_key(write, *args, **kwargs):
         return write(*args, **kwargs)
 
 
-def experiment_id(c, name: str, root: Path | None = None) -> str:
-    """The MLflow experiment named like the experiment folder, created (and tagged) on first use."""
+def experiment_id(c, name: str, root: Path | None = None, description: str | None = None) -> str:
+    """The MLflow experiment named like the experiment folder, created (and tagged) on first use. A
+    ``description`` (the spec's) becomes its description in MLflow (the ``mlflow.note.content`` tag)."""
     from mlflow.exceptions import MlflowException
 
+    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, **({"mlflow.note.content": description} if description else {})}
     found = c.get_experiment_by_name(name)
     if found is None:
         try:
-            exp_id = c.create_experiment(name, artifact_location=artifact_location(name, root),
-                                         tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-            return exp_id
+            return c.create_experiment(name, artifact_location=artifact_location(name, root), tags=wanted)
         except MlflowException:       # another worker created it first
             found = c.get_experiment_by_name(name)
             if found is None:
                 raise
-    if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        once_more_on_a_duplicate_key(c.set_experiment_tag, found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    for key, value in wanted.items():
+        if found.tags.get(key) != value:
+            once_more_on_a_duplicate_key(c.set_experiment_tag, found.experiment_id, key, value)
     return found.experiment_id
 
 
@@ -342,15 +345,15 @@ class MLflowLogger(Callback):
 
 
 def start_run(experiment: str, *, tags: dict | None = None, parent_run_id: str | None = None,
-              run_name: str | None = None, root: Path | None = None):
-    """A new MLflow run in ``experiment``, owned by this process; returns ``(client, run_id)``."""
+              run_name: str | None = None, root: Path | None = None, description: str | None = None):
+    """A new MLflow run in ``experiment`` (described by ``description``, if given), owned by this process;
+    returns ``(client, run)``."""
     c = client(root)
-    exp_id = experiment_id(c, experiment, root)
+    exp_id = experiment_id(c, experiment, root, description)
     all_tags = {**process_tags(), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = c.create_run(exp_id, run_name=run_name, tags=all_tags)
-    return c, run.info.run_id
+    return c, c.create_run(exp_id, run_name=run_name, tags=all_tags)
 
 
 def reopen_run(c, run_id: str) -> None:
@@ -414,15 +417,16 @@ def log_datasets(c, run_id: str, inputs: list[dict]) -> None:
 
 
 @contextlib.contextmanager
-def system_metrics(c, run_id: str, enabled: bool = True):
+def system_metrics(c, run_id: str, enabled: bool = True, resumed: bool = False):
     """MLflow's own sampler (``system/*``: CPU, memory, disk, network; GPU with nvidia-ml-py) for the block;
-    every 10 s unless ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` says otherwise. Off: ``train.system_metrics``."""
+    every 10 s unless ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` says otherwise. Off: ``train.system_metrics``.
+    A ``resumed`` run's samples go on after its last step (MLflow reads the run for it)."""
     if not enabled:
         yield
         return
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=c.tracking_uri)
+    monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=c.tracking_uri)
     monitor.start()
     try:
         yield
@@ -430,8 +434,3 @@ def system_metrics(c, run_id: str, enabled: bool = True):
         monitor.finish()
 
 
-def describe_experiment(c, name: str, description: str) -> None:
-    """The experiment's description in MLflow (its ``mlflow.note.content``) is the spec's ``description``."""
-    found = c.get_experiment_by_name(name)
-    if found is not None and description and found.tags.get("mlflow.note.content") != description:
-        once_more_on_a_duplicate_key(c.set_experiment_tag, found.experiment_id, "mlflow.note.content", description)

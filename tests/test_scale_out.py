@@ -213,7 +213,7 @@ def test_runs_that_make_one_new_dataset_or_experiment_tag_at_once_all_succeed(cl
     for round_ in range(3):
         name = f"race-{round_}"
         exp_id = c.create_experiment(name)
-        at_once(lambda _: tracking.describe_experiment(c, name, "a description new to the store"), range(8))
+        at_once(lambda _: tracking.experiment_id(c, name, description="a description new to the store"), range(8))
         runs = [c.create_run(exp_id).info.run_id for _ in range(8)]
         batch = [{**d, "digest": f"round-{round_}"} for d in inputs]   # new to the store each round
         at_once(lambda run_id: tracking.log_datasets(c, run_id, batch), runs)

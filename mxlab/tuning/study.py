@@ -171,7 +171,7 @@ def optimize(spec, study, *, trials: int, timeout: float | None, parent_run_id: 
 def tune(name: str, overrides: Sequence[str] = (), options: TuneOptions | None = None,
          root: Path | None = None) -> dict:
     """Run a study on experiment ``name``; returns :func:`mxlab.tuning.results.summary` (what ``--json`` prints)."""
-    from mxlab.tracking import client, experiment_id, log_params, run_lifecycle, set_tags, start_run
+    from mxlab.tracking import log_params, run_lifecycle, set_tags, start_run
     from mxlab.tuning.results import log_parent_results, summary
     from mxlab.tuning.workers import run_workers
 
@@ -194,13 +194,13 @@ def tune(name: str, overrides: Sequence[str] = (), options: TuneOptions | None =
     storage = open_study_storage(url, spec.name, options, root)
     pruner = make_pruner(options.pruner, spec.train.epochs)
     study = load_or_create_study(spec, study_name, storage, pruner=pruner, overrides=overrides)
-    c = client(root)   # the MLflow schema exists before any worker starts
-    exp_id = experiment_id(c, spec.name, root)
-    _, parent_id = start_run(spec.name, run_name=f"study-{study_name}", root=root, tags={
+    # The MLflow schema exists before any worker starts: the parent run's client makes it.
+    c, parent = start_run(spec.name, run_name=f"study-{study_name}", root=root, description=spec.description, tags={
         "mxlab.study": study_name, "mxlab.study_storage": redact(url), "mxlab.sampler": options.sampler,
         "mxlab.pruner": pruner_name(options.pruner), "mxlab.role": "study", "mxlab.experiment": spec.name,
         "mlflow.note.content": naming.command_line(),
         **({"mxlab.note": " ".join(notes)} if notes else {})})
+    exp_id, parent_id = parent.info.experiment_id, parent.info.run_id
     with run_lifecycle(c, parent_id):   # entered at once: nothing may leave the parent run RUNNING
         log(f"study {study_name!r} on {redact(url)}: {len(study.get_trials(deepcopy=False))} trial(s) so far; "
             f"{options.trials} more with {options.workers} worker(s); MLflow parent run {parent_id}")

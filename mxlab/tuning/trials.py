@@ -196,11 +196,13 @@ class Objective:
             tags["mxlab.retry_of"] = str(retry_of)
         log(f"trial {trial.number}: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
         c = client(self.root)
-        exp_id = experiment_id(c, spec.name, self.root)
+
+        def runs_of_this_trial():   # looked up only when the trial did not say which run it made
+            return runs_of_key(c, experiment_id(c, spec.name, self.root), key)
 
         def close(state: str, run_id: str | None = None, error: str | None = None):
             with contextlib.suppress(Exception):   # closing must not hide the trial's own outcome
-                ids = [run_id] if run_id else [r.info.run_id for r in runs_of_key(c, exp_id, key)]
+                ids = [run_id] if run_id else [r.info.run_id for r in runs_of_this_trial()]
                 for rid in ids:
                     trial.set_user_attr("mlflow.run_id", rid)   # every trial links to its run, pruned or failed too
                     close_child_run(c, rid, state, error)
@@ -236,7 +238,7 @@ class Objective:
         except KeyboardInterrupt:
             # Even after the run closed: the run is already KILLED (or FINISHED); its trial's state says FAIL.
             with contextlib.suppress(Exception):
-                for r in runs_of_key(c, exp_id, key):
+                for r in runs_of_this_trial():
                     c.set_tag(r.info.run_id, "optuna.state", "FAIL")
             raise
         except Exception as exc:
