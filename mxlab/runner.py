@@ -180,7 +180,7 @@ def _tracked(c, run_id: str, spec: Spec, callbacks, progress: bool, root: Path |
             console.stage(f"loading {spec.data.name} and building {spec.model.name}")
         # Set up: what is alive now, and what the run's end imports, lives as long as the process. Before the data
         # and the network, which a study's next trial must be able to free.
-        heap.settle("matplotlib.pyplot", "mlflow.pyfunc")
+        heap.settle("matplotlib.figure", "matplotlib.backends.backend_agg", "mlflow.pyfunc")
         training = _Training(spec, folder, callbacks, progress,
                              on_sample=lambda path, epoch: c.log_artifact(run_id, str(path), "samples"))
         tracking.set_tags(c, run_id, tracking.run_tags(spec, training.device_tags(), training.bundle.checksums, root))
@@ -384,24 +384,30 @@ def _in_view(base):
     return InView()
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
+_KEPT_FIGURE: dict = {}   # the last plot's figure, by its panels and curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """``curves.png``: one panel per kind of metric (loss, accuracy, perplexity, weight norm), a curve per key.
+
+    The figure is kept for the next plot with the same panels and curves (a study's next trial), which draws
+    new data on it: building the axes and their ticks cost as much as drawing them."""
     from matplotlib.ticker import AutoLocator, FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
     epochs = [h["epoch"] for h in history]
     groups = [("loss", "loss"), ("acc", "accuracy"), ("ppl", "perplexity"), ("l2_norm_w", "L2 norm of w")]
-    present = [(suffix, title) for suffix, title in groups
-               if any(k.endswith("/" + suffix) or k == suffix for k in history[0])]
-    fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 3.6), squeeze=False)
-    for ax, (suffix, title) in zip(axes[0], present):
-        curves = {key: [h[key] for h in history] for key in history[0] if key.endswith("/" + suffix) or key == suffix}
-        for key, values in curves.items():
-            ax.plot(epochs, values, marker="o", label=key)
+    panels = [(suffix, title, [key for key in history[0] if key.endswith("/" + suffix) or key == suffix])
+              for suffix, title in groups]
+    panels = [panel for panel in panels if panel[2]]
+    layout = tuple((suffix, tuple(keys)) for suffix, _, keys in panels)
+    fig = _KEPT_FIGURE.pop(layout, None) or _curves_figure(panels)
+    for ax, (suffix, _, keys) in zip(fig.axes, panels):
+        curves = {key: [h[key] for h in history] for key in keys}
+        for line, values in zip(ax.lines, curves.values()):
+            line.set_data(epochs, values)
+        ax.relim()
+        ax.autoscale_view()
         if suffix in ("loss", "ppl", "l2_norm_w"):
-            ax.set_yscale("log")
             # Labelled ticks at 1, 2 and 5 of each decade (most curves span less than one) and no minor ones:
             # laying out a log axis's minor ticks was most of the plot's cost.
             positive = [v for values in curves.values() for v in values if v > 0]
@@ -412,6 +418,21 @@ def plot_curves(history: list[dict], path: Path) -> None:
         else:
             ax.yaxis.set_major_locator(_in_view(AutoLocator()))
         ax.xaxis.set_major_locator(_in_view(MaxNLocator(integer=True)))
+    fig.savefig(path, dpi=100)
+    _KEPT_FIGURE.clear()
+    _KEPT_FIGURE[layout] = fig
+
+
+def _curves_figure(panels: list):
+    """The panels' axes with a titled, labelled, empty curve per key."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5 * len(panels), 3.6))
+    for ax, (suffix, title, keys) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        for key in keys:
+            ax.plot([], [], marker="o", label=key)
+        if suffix in ("loss", "ppl", "l2_norm_w"):
+            ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_title(title, y=1.0)   # placed: lifting it above the tick labels measured every label, for nothing
         ax.legend()
@@ -419,6 +440,5 @@ def plot_curves(history: list[dict], path: Path) -> None:
     # much as drawing. With the ticks above, 0.43 -> 0.13 CPU-s a plot, paid by every run and every trial.
     width, height = fig.get_size_inches()
     fig.subplots_adjust(left=0.7 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.35 / height,
-                        wspace=0.8 / (width / len(present) - 0.8))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+                        wspace=0.8 / (width / len(panels) - 0.8))
+    return fig

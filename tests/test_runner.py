@@ -152,6 +152,33 @@ def test_the_running_loss_at_the_last_batch_is_the_epochs_train_loss(workspace):
     assert seen == pytest.approx([h["train/loss"] for h in result.history], rel=1e-6)
 
 
+def test_curves_drawn_again_on_a_kept_figure_are_the_picture_a_new_figure_draws(tmp_path, monkeypatch):
+    """A study's trials plot the same panels one after the other: the figure is kept and redrawn. Whatever it
+    drew before (other values, epochs, a wider log range, another layout in between), the picture must be the
+    one a new figure draws."""
+    def history(epochs, keys, value):
+        return [{"epoch": e, **{k: value(k, e) for k in keys}} for e in range(1, epochs + 1)]
+
+    regression = ["train/loss", "val/loss", "l2_norm_w"]
+    classification = ["train/loss", "train/acc", "val/loss", "val/acc"]
+    histories = [history(1, regression, lambda k, e: {"train/loss": 8.9, "val/loss": 4.1}.get(k, 1.9)),
+                 history(5, regression, lambda k, e: 10.0 ** -e),   # a wide log range: another locator
+                 history(5, classification, lambda k, e: 0.5 + e / 20 if k.endswith("acc") else 2 / e),
+                 history(1, classification, lambda k, e: 0.7),
+                 history(3, regression, lambda k, e: 1 + 1 / e)]
+    monkeypatch.setattr(runner, "_KEPT_FIGURE", {})
+    figures = []
+    for i, h in enumerate(histories):
+        runner.plot_curves(h, tmp_path / f"kept{i}.png")
+        figures.append(next(iter(runner._KEPT_FIGURE.values())))
+    assert figures[1] is figures[0] and figures[3] is figures[2]   # drawn again on the same figure
+    assert figures[4] is not figures[0] and len(runner._KEPT_FIGURE) == 1   # only the last one is kept
+    for i, h in enumerate(histories):
+        runner._KEPT_FIGURE.clear()
+        runner.plot_curves(h, tmp_path / f"new{i}.png")
+        assert (tmp_path / f"kept{i}.png").read_bytes() == (tmp_path / f"new{i}.png").read_bytes(), i
+
+
 @pytest.mark.parametrize("log_y", [False, True])
 def test_curves_build_ticks_only_in_view_and_draw_the_same_picture(tmp_path, log_y):
     import matplotlib
