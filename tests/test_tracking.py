@@ -223,3 +223,34 @@ def test_system_metrics_are_sampled_by_default_and_can_be_turned_off(workspace, 
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys
     quiet = runner.run(spec.replace(**{"train.system_metrics": False}), progress=False)
     assert not [k for k in tracking.client().get_run(quiet.run_id).data.metrics if k.startswith("system/")]
+
+
+def test_a_run_s_model_pins_are_checked_without_mapping_every_distribution(workspace, monkeypatch):
+    """MLflow checks a logged model's pins against this environment, and first maps every installed distribution
+    to its modules (0.2-0.3 s a process). mxlab's pins come from the distributions' metadata, so the check goes
+    without the map; it still runs (a pin this environment lacks is reported), and MLflow's map is left as it
+    was for anything else in the process."""
+    import logging
+
+    import importlib_metadata
+    from mlflow.utils import requirements_utils
+
+    from mxlab import logged_model
+
+    mapped = []
+    real_map = importlib_metadata.packages_distributions
+    monkeypatch.setattr(importlib_metadata, "packages_distributions", lambda: mapped.append(1) or real_map())
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    pins = logged_model.pip_requirements()
+    monkeypatch.setattr(logged_model, "pip_requirements", lambda: (*pins, "mxlab-no-such-distribution==1.0"))
+    reported = []
+    handler = logging.Handler()
+    handler.emit = lambda record: reported.append(record.getMessage())
+    logging.getLogger(requirements_utils.__name__).addHandler(handler)
+    try:
+        runner.run(load_spec("linreg", ["train.epochs=1"]), progress=False)
+    finally:
+        logging.getLogger(requirements_utils.__name__).removeHandler(handler)
+    assert not mapped
+    assert any("mxlab-no-such-distribution (current: uninstalled" in message for message in reported), reported
+    assert requirements_utils._MODULES_TO_PACKAGES is None
