@@ -84,7 +84,7 @@ def artifact_location(experiment_name: str, root: Path | None = None) -> str | N
     return (base / experiment_name).as_uri() if base else None
 
 
-_SWEPT: set[str] = set()
+_SWEPT: set[str] = set()   # stores this process opened: schema checked, orphaned runs closed
 
 
 def _first_line(exc: BaseException) -> str:
@@ -432,5 +432,3 @@ def system_metrics(c, run_id: str, enabled: bool = True, resumed: bool = False):
         yield
     finally:
         monitor.finish()
-
-
